@@ -1,0 +1,154 @@
+"""The one command line: ``lit-papers {fit,validate,test,predict} --config configs/<paper>/<variant>.yaml``.
+
+Every run gets: its own run folder (see :mod:`lit_papers.launch.run_dir`) with the resolved ``config.yaml``;
+``ModelCheckpoint`` (``last.ckpt`` always, optionally every N steps) written atomically; a learning-rate
+monitor; the progress bar; ``seed_everything``; a CSV log; a W&B run (project ``lit-papers``, offline when no
+credentials are configured, off with ``--wandb false``) whose config is the full resolved CLI config; a
+reproduction card after ``test``. ``fit`` resumes automatically from the run folder's ``last.ckpt``.
+
+Extra subcommands handled before LightningCLI: ``report`` (paper table from reproduction cards).
+Nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from lit_papers.callbacks.atomic_checkpoint import AtomicCheckpointIO
+from lit_papers.callbacks.card import ReproductionCard
+from lit_papers.callbacks.wandb_setup import make_wandb_logger
+from lit_papers.launch import run_dir as runs
+
+START = time.time()
+
+
+@dataclass
+class RunOptions:
+    """Run folder options. ``name``: experiment name (default: from the config path); ``version``: folder name
+    (default: Slurm job id, else resume-or-next ``v<N>``); ``checkpoint_every_n_steps``: also save ``last.ckpt``
+    every N optimizer steps (0 = at validation/epoch ends only)."""
+
+    name: str | None = None
+    version: str | None = None
+    checkpoint_every_n_steps: int = 0
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Saves the resolved config into the run folder (atomically, overwriting) and as the W&B run config."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        target = Path(trainer.default_root_dir) / self.config_filename
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+        resolved = yaml.safe_load(text)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if experiment is not None and hasattr(experiment, "config") and hasattr(experiment.config, "update"):
+                experiment.config.update(resolved, allow_val_change=True)
+
+
+class LitPapersCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", RunConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True, "save_to_log_dir": False})
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        # Our datamodules shard themselves (exact DDP evaluation, resumable sampling).
+        kwargs.setdefault("trainer_defaults", {"use_distributed_sampler": False})
+        self.run_dir: Path | None = None
+        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run", type=RunOptions, default=RunOptions(), help="run folder options")
+        parser.add_argument("--wandb", type=bool, default=True, help="log to W&B (offline without credentials)")
+
+    # -- run folder, resume, precision -------------------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        config_paths = [str(p) for p in (cfg.get("config") or [])]
+        model_class = cfg.model.class_path if cfg.get("model") else None
+        self.experiment = runs.experiment_name(config_paths, model_class)
+        self.variant = Path(config_paths[0]).stem if config_paths else None
+        self.config_paths = config_paths
+        run = cfg.run
+        self.run_dir = runs.choose_run_dir(self.experiment, subcommand=self.subcommand, version=run.version)
+        os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # processes launched by DDP land in the same folder
+        cfg.trainer.default_root_dir = str(self.run_dir)
+        if self.subcommand == "fit" and cfg.get("ckpt_path") is None:
+            last = self.run_dir / "checkpoints" / "last.ckpt"
+            if runs.resumable(self.run_dir):
+                cfg.ckpt_path = str(last)
+                print(f"[lit-papers] resuming from {last}", file=sys.stderr)
+        if cfg.trainer.get("precision") is None:
+            accelerator = str(cfg.trainer.get("accelerator") or "auto")
+            on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+            if on_gpu and torch.cuda.is_bf16_supported():
+                cfg.trainer.precision = "bf16-mixed"
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        cfg = self.config_init[self.subcommand]
+        run_dir = self.run_dir
+        callbacks = list(kwargs.get("callbacks") or [])
+        every = cfg.run.checkpoint_every_n_steps
+        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
+                                             every_n_train_steps=every or None, save_top_k=0 if every else 1))
+        logger_cfg = kwargs.get("logger")
+        if logger_cfg is None or logger_cfg is True:
+            loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="csv")]
+            if cfg.wandb:
+                loggers.append(make_wandb_logger(run_dir, name=f"{self.experiment}/{run_dir.name}"))
+            kwargs["logger"] = loggers
+        if kwargs["logger"] and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        callbacks.append(ReproductionCard(run_dir=str(run_dir), variant=self.variant, config_paths=self.config_paths,
+                                          seed=cfg.get("seed_everything"), start_time=START))
+        kwargs["callbacks"] = callbacks
+        plugins = list(kwargs.get("plugins") or [])
+        if not any(hasattr(p, "save_checkpoint") for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
+        return super().instantiate_trainer(**kwargs)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        run_dir = self.run_dir
+        runs.take_lock(run_dir) if self.trainer.is_global_zero else None
+        finished = False
+        try:
+            super()._run_subcommand(subcommand)
+            finished = subcommand == "fit" and not self.trainer.interrupted
+        finally:
+            if self.trainer.is_global_zero:
+                runs.release_lock(run_dir, finished=finished)
+
+
+def main(argv: list[str] | None = None) -> None:
+    explicit = argv is not None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        from lit_papers.launch.report import main as report_main
+
+        raise SystemExit(report_main(argv[1:]))
+    previous = os.environ.get(runs.RUN_DIR_ENV)
+    try:
+        LitPapersCLI(args=argv if explicit else None)
+    finally:  # in-process callers (tests, notebooks) must not inherit this run's folder
+        if previous is None:
+            os.environ.pop(runs.RUN_DIR_ENV, None)
+        else:
+            os.environ[runs.RUN_DIR_ENV] = previous
