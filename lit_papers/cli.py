@@ -37,11 +37,13 @@ START = time.time()
 class RunOptions:
     """Run folder options. ``name``: experiment name (default: from the config path); ``version``: folder name
     (default: Slurm job id, else resume-or-next ``v<N>``); ``checkpoint_every_n_steps``: also save ``last.ckpt``
-    every N optimizer steps (0 = at validation/epoch ends only)."""
+    every N optimizer steps (0 = at validation/epoch ends only); ``test_after_fit``: run ``test`` on the final
+    weights right after ``fit``, in the same run folder (one command reproduces a table row and its card)."""
 
     name: str | None = None
     version: str | None = None
     checkpoint_every_n_steps: int = 0
+    test_after_fit: bool = False
 
 
 class RunConfigCallback(SaveConfigCallback):
@@ -82,10 +84,10 @@ class LitPapersCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         config_paths = [str(p) for p in (cfg.get("config") or [])]
         model_class = cfg.model.class_path if cfg.get("model") else None
-        self.experiment = runs.experiment_name(config_paths, model_class)
+        run = cfg.run
+        self.experiment = run.name or runs.experiment_name(config_paths, model_class)
         self.variant = Path(config_paths[0]).stem if config_paths else None
         self.config_paths = config_paths
-        run = cfg.run
         self.run_dir = runs.choose_run_dir(self.experiment, subcommand=self.subcommand, version=run.version)
         os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # processes launched by DDP land in the same folder
         cfg.trainer.default_root_dir = str(self.run_dir)
@@ -102,24 +104,29 @@ class LitPapersCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand]
+        trainer_cfg = {**(cfg.get("trainer") or {}), **kwargs}  # what the user configured (instantiated)
         run_dir = self.run_dir
-        callbacks = list(kwargs.get("callbacks") or [])
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
         every = cfg.run.checkpoint_every_n_steps
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                              every_n_train_steps=every or None, save_top_k=0 if every else 1))
-        logger_cfg = kwargs.get("logger")
+        logger_cfg = trainer_cfg.get("logger")
         if logger_cfg is None or logger_cfg is True:
             loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="csv")]
             if cfg.wandb:
                 loggers.append(make_wandb_logger(run_dir, name=f"{self.experiment}/{run_dir.name}"))
             kwargs["logger"] = loggers
+        else:
+            kwargs["logger"] = logger_cfg
         if kwargs["logger"] and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         callbacks.append(ReproductionCard(run_dir=str(run_dir), variant=self.variant, config_paths=self.config_paths,
                                           seed=cfg.get("seed_everything"), start_time=START))
         kwargs["callbacks"] = callbacks
-        plugins = list(kwargs.get("plugins") or [])
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(hasattr(p, "save_checkpoint") for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
@@ -132,6 +139,8 @@ class LitPapersCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
             finished = subcommand == "fit" and not self.trainer.interrupted
+            if finished and self.config_init[subcommand].run.test_after_fit:
+                self.trainer.test(self.model, datamodule=self.datamodule)
         finally:
             if self.trainer.is_global_zero:
                 runs.release_lock(run_dir, finished=finished)

@@ -1,0 +1,1 @@
+"""Callbacks and small models used by tests through ``--trainer.callbacks+=`` class paths."""

@@ -1,0 +1,70 @@
+"""The one CLI, end to end on the real CIFAR sample: run folders, saved config, W&B, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import yaml
+
+TINY = "configs/resnet_cifar/tiny.yaml"
+
+
+def _metrics(run_dir):
+    with open(run_dir / "csv" / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_fit_writes_a_complete_run_folder(cli):
+    cli("fit", "--config", TINY, "--wandb", "false")
+    run = cli.runs / "resnet_cifar" / "tiny" / "v0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "FINISHED").exists() and not (run / "run.lock").exists()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    # the *resolved* config: defaults filled in, run folder recorded
+    assert config["model"]["init_args"]["model"]["init_args"]["depth"] == 8
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["momentum"] == 0.9
+    assert config["data"]["init_args"]["normalization"] == "per_pixel_mean"  # a default, not in tiny.yaml
+    assert config["trainer"]["default_root_dir"] == str(run)
+    assert config["seed_everything"] == 0
+    rows = _metrics(run)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    accs = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+    lrs = [float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")]
+    assert losses and all(loss == loss for loss in losses)
+    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    assert min(lrs) < max(lrs)  # the learning-rate monitor saw warm-up and steps
+
+    # same command again after it finished: a new run folder, the first is untouched
+    cli("fit", "--config", TINY, "--wandb", "false", "--trainer.max_steps", "2")
+    assert (cli.runs / "resnet_cifar" / "tiny" / "v1" / "config.yaml").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 12
+
+
+def test_test_after_fit_and_wandb_offline_with_full_config(cli, tmp_path):
+    out = tmp_path / "wandb_config.json"
+    env = {"HOME": str(tmp_path), "WANDB_MODE": "", "WANDB_API_KEY": "", "WANDB_DIR": str(tmp_path)}
+    cli("fit", "--config", TINY, "--trainer.max_steps", "4", "--run.test_after_fit", "true",
+        "--trainer.callbacks+=tests.helpers.probes.CaptureLoggerConfig", f"--trainer.callbacks.out={out}", env=env)
+    captured = json.loads(out.read_text())
+    assert captured["offline"] in ("offline", "dryrun")  # no credentials -> offline, no server contacted
+    config = captured["config"]
+    assert config["model"]["init_args"]["model"]["class_path"] == "lit_papers.papers.resnet_cifar.model.ResNetCifar"
+    assert config["data"]["init_args"]["val_size"] == 500
+    assert config["trainer"]["max_steps"] == 4
+    run = cli.runs / "resnet_cifar" / "tiny" / "v0"
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert any(r.get("test/acc") for r in _metrics(run))
+
+
+def test_wrong_config_key_is_a_clear_error(cli):
+    proc = cli("fit", "--config", TINY, "--wandb", "false", "--model.init_args.model.init_args.dept", "20", check=False)
+    assert proc.returncode != 0
+    assert "dept" in proc.stderr
+
+
+def test_console_script_and_module_entry_point(cli):
+    assert "fit" in cli("--help").stdout
+    script = shutil.which("lit-papers")
+    assert script is not None, "console script `lit-papers` not installed (pip install -e .)"
