@@ -81,14 +81,14 @@ class LitPapersCLI(LightningCLI):
 
     # -- run folder, resume, precision -------------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand]
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
         config_paths = [str(p) for p in (cfg.get("config") or [])]
         model_class = cfg.model.class_path if cfg.get("model") else None
         run = cfg.run
         self.experiment = run.name or runs.experiment_name(config_paths, model_class)
         self.variant = Path(config_paths[0]).stem if config_paths else None
         self.config_paths = config_paths
-        self.run_dir = runs.choose_run_dir(self.experiment, subcommand=self.subcommand, version=run.version)
+        self.run_dir = runs.choose_run_dir(self.experiment, subcommand=self.subcommand or "none", version=run.version)
         os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # processes launched by DDP land in the same folder
         cfg.trainer.default_root_dir = str(self.run_dir)
         if self.subcommand == "fit" and cfg.get("ckpt_path") is None:
@@ -103,7 +103,7 @@ class LitPapersCLI(LightningCLI):
                 cfg.trainer.precision = "bf16-mixed"
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        cfg = self.config_init[self.subcommand]
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_cfg = {**(cfg.get("trainer") or {}), **kwargs}  # what the user configured (instantiated)
         run_dir = self.run_dir
         callbacks = trainer_cfg.get("callbacks") or []

@@ -92,6 +92,7 @@ class ReproductionCard(L.Callback):
         self.card_path = card_path
         self.fit_seconds: float | None = None
         self._fit_start: float | None = None
+        self.git_commit = git_commit()  # the code that starts the run, not whatever HEAD is when it ends
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.time()
@@ -109,7 +110,7 @@ class ReproductionCard(L.Callback):
         evidence = {
             "config": [str(p) for p in self.config_paths],
             "seed": self.seed,
-            "git_commit": git_commit(),
+            "git_commit": self.git_commit,
             "hardware": hardware(),
             "devices": trainer.world_size,
             "precision": str(trainer.precision),

@@ -1,0 +1,85 @@
+"""Reproduction cards: the comparison rule, the callback's JSON and the report table."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit_papers.callbacks.card import ReproductionCard, compare, load_card
+from lit_papers.launch import report
+
+
+def test_compare_lower_is_better_with_scale():
+    row = {"metric": "test/error", "value": 8.75, "scale": 100, "tolerance": 0.5, "higher_is_better": False,
+           "source": "Table 6"}
+    assert compare(row, 0.0900) == pytest.approx({**compare(row, 0.09), "ours": 9.0, "delta": 0.25, "pass": True})
+    assert compare(row, 0.0930)["pass"] is False  # 0.55 worse than the paper
+    assert compare(row, 0.0500)["pass"] is True  # better than the paper always passes
+    assert compare(row, 0.0930)["delta"] == pytest.approx(0.55)
+
+
+def test_compare_higher_is_better():
+    row = {"metric": "test/acc", "value": 96.0, "scale": 100, "tolerance": 1.0, "source": "Table 1"}
+    assert compare(row, 0.952)["pass"] is True
+    assert compare(row, 0.949)["pass"] is False
+
+
+def test_bad_card_is_rejected(tmp_path):
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump({"results": [{"variant": "x", "metric": "m"}]}))
+    with pytest.raises(ValueError, match="lacks"):
+        load_card(tmp_path / "card.yaml")
+
+
+class _Constant(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def test_step(self, batch, batch_idx):
+        self.log("test/error", torch.tensor(0.1))
+
+
+def test_callback_writes_json_with_evidence(tmp_path):
+    card = tmp_path / "card.yaml"
+    card.write_text(yaml.safe_dump({"paper": "Toy", "results": [
+        {"variant": "toy", "metric": "test/error", "scale": 100, "value": 8.0, "source": "Table 1", "tolerance": 1.0,
+         "higher_is_better": False},
+        {"variant": "other", "metric": "test/error", "value": 1.0, "source": "Table 2"}]}))
+    callback = ReproductionCard(run_dir=str(tmp_path), variant="toy", config_paths=["configs/toy/toy.yaml"], seed=7,
+                                card_path=str(card))
+    trainer = L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.test(_Constant(), DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1), verbose=False)
+    rows = json.loads((tmp_path / "card_result.json").read_text())
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["variant"], row["ours"], row["paper_value"], row["pass"]) == ("toy", 10.0, 8.0, False)
+    assert row["delta"] == pytest.approx(2.0)
+    evidence = row["evidence"]
+    assert evidence["seed"] == 7 and evidence["config"] == ["configs/toy/toy.yaml"]
+    assert {"torch", "lightning", "python"} <= set(evidence["versions"])
+    assert evidence["hardware"]["cpu_count"] >= 1 and evidence["wall_time_s"] >= 0
+
+
+def test_report_lists_every_card_row_and_kept_results(tmp_path, monkeypatch):
+    papers = tmp_path / "lit_papers" / "papers"
+    (papers / "toy" / "results").mkdir(parents=True)
+    (papers / "toy" / "card.yaml").write_text(yaml.safe_dump({"paper": "Toy", "results": [
+        {"variant": "a", "metric": "test/acc", "value": 90.0, "scale": 100, "source": "T1"},
+        {"variant": "b", "metric": "test/acc", "value": 80.0, "scale": 100, "source": "T1"}]}))
+    kept = [{"paper_key": "toy", "variant": "a", "metric": "test/acc", "ours": 91.0, "delta": 1.0, "pass": True,
+             "evidence": {"seed": 0, "hardware": {"cpu_count": 2}, "wall_time_s": 3.0}}]
+    (papers / "toy" / "results" / "a.json").write_text(json.dumps(kept))
+    rows = report.collect(papers)
+    assert [(r["variant"], r["ours"], r["pass"]) for r in rows] == [("a", 91.0, True), ("b", None, None)]
+    table = report.markdown(rows)
+    assert "configs/toy/a.yaml" in table and "not run yet" in table and "+1.00" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\noutro\n")
+    report.write_readme(readme, table)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro") and text.endswith("outro\n") and "configs/toy/a.yaml" in text
