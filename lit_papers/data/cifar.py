@@ -190,6 +190,9 @@ class CIFARDataModule(ShardedDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
+        self.dataset, self.val_size, self.split_seed = dataset, val_size, split_seed
+        self.normalization, self.augment, self.download = normalization, augment, download
+        self.eval_batch_size = eval_batch_size
         self.spec = CIFAR_SPECS[dataset]
         self.folder = family_dir("cifar", root) / self.spec.folder
         self.num_classes = self.spec.num_classes
@@ -202,7 +205,7 @@ class CIFARDataModule(ShardedDataModule):
     def prepare_data(self) -> None:
         if not self._missing():
             return
-        if not self.hparams.download:
+        if not self.download:
             raise DatasetMissingError(
                 f"{self.folder}: missing {', '.join(self._missing())}. Download {self.spec.remote.url} and extract "
                 f"it into {self.folder.parent}, or set download=true."
@@ -216,17 +219,17 @@ class CIFARDataModule(ShardedDataModule):
             return
         if missing := self._missing():
             raise DatasetMissingError(f"{self.folder}: missing {', '.join(missing)} (run prepare_data / download)")
-        data = load_cifar(self.folder, self.hparams.dataset)
+        data = load_cifar(self.folder, self.dataset)
         self.classes = data["classes"]
         x, y = data["train"]
-        n_val = self.hparams.val_size
+        n_val = self.val_size
         n_val = int(round(n_val * len(x))) if isinstance(n_val, float) else int(n_val)
         if not 0 <= n_val < len(x):
-            raise ValueError(f"val_size={self.hparams.val_size} leaves no training images out of {len(x)} in {self.folder}")
-        order = np.random.default_rng(self.hparams.split_seed).permutation(len(x))
+            raise ValueError(f"val_size={self.val_size} leaves no training images out of {len(x)} in {self.folder}")
+        order = np.random.default_rng(self.split_seed).permutation(len(x))
         train_idx, val_idx = np.sort(order[n_val:]), np.sort(order[:n_val])
         x_train = x[train_idx]
-        if self.hparams.normalization == "per_pixel_mean":
+        if self.normalization == "per_pixel_mean":
             mean = x_train.astype(np.float64).mean(axis=0) / 255.0  # (32, 32, 3)
             std = np.ones(3)
         else:
@@ -234,7 +237,7 @@ class CIFARDataModule(ShardedDataModule):
             mean, std = flat.mean(axis=0), flat.std(axis=0)
         self.mean, self.std = mean, std
         common = dict(mean=mean, std=std)
-        self.train_set = CIFARImages(x_train, y[train_idx], augment=self.hparams.augment, **common)
+        self.train_set = CIFARImages(x_train, y[train_idx], augment=self.augment, **common)
         self.val_set = CIFARImages(x[val_idx], y[val_idx], augment=False, **common)
         self.test_set = CIFARImages(*data["test"], augment=False, **common)
 
@@ -242,7 +245,7 @@ class CIFARDataModule(ShardedDataModule):
         return self.train_loader(self.train_set)
 
     def val_dataloader(self):
-        return self.eval_loader(self.val_set, batch_size=self.hparams.eval_batch_size)
+        return self.eval_loader(self.val_set, batch_size=self.eval_batch_size)
 
     def test_dataloader(self):
-        return self.eval_loader(self.test_set, batch_size=self.hparams.eval_batch_size)
+        return self.eval_loader(self.test_set, batch_size=self.eval_batch_size)

@@ -105,7 +105,7 @@ class SyntheticCIFARDataModule(CIFARDataModule):
                  root: str | None = None, val_size: int | float = 1000, **kwargs) -> None:
         super().__init__(dataset="cifar10", root=root, val_size=val_size, download=False, **kwargs)
         self.folder = family_dir("cifar", root) / FOLDER
+        self.per_batch, self.test_size, self.generator_seed = per_batch, test_size, generator_seed
 
     def prepare_data(self) -> None:
-        write_synthetic_cifar(self.folder, per_batch=self.hparams.per_batch, test_size=self.hparams.test_size,
-                              seed=self.hparams.generator_seed)
+        write_synthetic_cifar(self.folder, per_batch=self.per_batch, test_size=self.test_size, seed=self.generator_seed)

@@ -72,7 +72,7 @@ def markdown(rows: list[dict]) -> str:
         if r["ours"] is None:
             verdict, evidence = "not run yet", ""
         else:
-            verdict = "✅ matches" if r["pass"] else "❌ below paper"
+            verdict = "✅ reached" if r["pass"] else f"❌ short by {abs(r['delta']):.2f}"
             ev = r["evidence"]
             hw = ev.get("hardware", {})
             device = ", ".join(hw.get("gpus", [])) or f"{hw.get('cpu_count', '?')}-core CPU"

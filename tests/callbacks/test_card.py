@@ -77,7 +77,7 @@ def test_report_lists_every_card_row_and_kept_results(tmp_path, monkeypatch):
     rows = report.collect(papers)
     assert [(r["variant"], r["ours"], r["pass"]) for r in rows] == [("a", 91.0, True), ("b", None, None)]
     table = report.markdown(rows)
-    assert "configs/toy/a.yaml" in table and "not run yet" in table and "+1.00" in table
+    assert "configs/toy/a.yaml" in table and "not run yet" in table and "+1.00" in table and "✅ reached" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.START}\nold\n{report.END}\noutro\n")
     report.write_readme(readme, table)
