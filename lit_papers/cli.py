@@ -46,6 +46,15 @@ class RunOptions:
     test_after_fit: bool = False
 
 
+def default_precision(accelerator: str, *, cuda: bool | None = None, bf16: bool | None = None) -> str | None:
+    """Precision when a config sets none: ``bf16-mixed`` on a GPU that supports it, else the Trainer's default."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda or accelerator not in ("auto", "gpu", "cuda"):
+        return None
+    bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16
+    return "bf16-mixed" if bf16 else "16-mixed"
+
+
 class RunConfigCallback(SaveConfigCallback):
     """Saves the resolved config into the run folder (atomically, overwriting) and as the W&B run config."""
 
@@ -97,10 +106,7 @@ class LitPapersCLI(LightningCLI):
                 cfg.ckpt_path = str(last)
                 print(f"[lit-papers] resuming from {last}", file=sys.stderr)
         if cfg.trainer.get("precision") is None:
-            accelerator = str(cfg.trainer.get("accelerator") or "auto")
-            on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-            if on_gpu and torch.cuda.is_bf16_supported():
-                cfg.trainer.precision = "bf16-mixed"
+            cfg.trainer.precision = default_precision(str(cfg.trainer.get("accelerator") or "auto"))
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init

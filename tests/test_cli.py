@@ -68,3 +68,25 @@ def test_console_script_and_module_entry_point(cli):
     assert "fit" in cli("--help").stdout
     script = shutil.which("lit-papers")
     assert script is not None, "console script `lit-papers` not installed (pip install -e .)"
+
+
+def test_default_precision_is_bf16_on_gpus_only():
+    from lit_papers.cli import default_precision
+
+    assert default_precision("auto", cuda=True, bf16=True) == "bf16-mixed"
+    assert default_precision("gpu", cuda=True, bf16=False) == "16-mixed"
+    assert default_precision("cpu", cuda=True, bf16=True) is None
+    assert default_precision("auto", cuda=False) is None
+
+
+def test_predict_writes_class_probabilities(tmp_path):
+    import torch
+
+    from lit_papers.papers.resnet_cifar.model import ResNetCifar
+    from lit_papers.papers.resnet_cifar.module import ResNetCifarLitModule
+
+    module = ResNetCifarLitModule(model=ResNetCifar(depth=8), optimizer=torch.optim.SGD)
+    out = module.predict_step((torch.randn(3, 3, 32, 32), torch.zeros(3, dtype=torch.long)), 0)
+    assert out["probs"].shape == (3, 10)
+    assert torch.allclose(out["probs"].sum(-1), torch.ones(3))
+    assert torch.equal(out["label"], out["probs"].argmax(-1))

@@ -249,3 +249,6 @@ class CIFARDataModule(ShardedDataModule):
 
     def test_dataloader(self):
         return self.eval_loader(self.test_set, batch_size=self.eval_batch_size)
+
+    def predict_dataloader(self):
+        return self.test_dataloader()

@@ -70,6 +70,11 @@ class ResNetCifarLitModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log("test/error", 1.0 - self.test_acc.compute())
 
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        probs = self.model(images).float().softmax(dim=-1)  # (B, K)
+        return {"probs": probs, "label": probs.argmax(dim=-1)}
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
