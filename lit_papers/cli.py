@@ -95,7 +95,8 @@ class LitPapersCLI(LightningCLI):
         model_class = cfg.model.class_path if cfg.get("model") else None
         run = cfg.run
         self.experiment = run.name or runs.experiment_name(config_paths, model_class)
-        self.variant = Path(config_paths[0]).stem if config_paths else None
+        derived = runs.experiment_name(config_paths, model_class)
+        self.variant = derived.rsplit("/", 1)[-1] if config_paths else None  # the recipe's stem, e.g. resnet20
         self.config_paths = config_paths
         self.run_dir = runs.choose_run_dir(self.experiment, subcommand=self.subcommand or "none", version=run.version)
         os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # processes launched by DDP land in the same folder

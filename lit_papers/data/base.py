@@ -12,6 +12,7 @@ Subclasses build datasets in ``setup`` and call :meth:`train_loader` / :meth:`ev
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
@@ -21,7 +22,7 @@ from lit_papers.data.samplers import EvalShardSampler, ShardSampler
 
 
 class ShardedDataModule(L.LightningDataModule):
-    def __init__(self, *, batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(self, *, batch_size: int, num_workers: int, seed: int | None = None) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -37,10 +38,16 @@ class ShardedDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def data_seed(self) -> int:
+        """Seed of the data order and augmentation: ``seed`` if given, else the run's ``seed_everything``."""
+        if self.seed is not None:
+            return self.seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
     # -- loaders --------------------------------------------------------------------------------------
     def train_loader(self, dataset: Dataset, *, collate_fn=None, drop_last: bool = True, **kwargs) -> DataLoader:
         rank, world = self.world()
-        sampler = ShardSampler(len(dataset), shuffle=True, seed=self.seed, rank=rank, world_size=world)
+        sampler = ShardSampler(len(dataset), shuffle=True, seed=self.data_seed(), rank=rank, world_size=world)
         if self._resume is not None:
             epoch, batches = self._resume
             sampler.skip_first(epoch, batches * self.batch_size)

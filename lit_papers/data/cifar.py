@@ -170,6 +170,7 @@ class CIFARDataModule(ShardedDataModule):
         normalization: ``per_pixel_mean`` (He et al.: subtract the per-pixel mean of the training split)
             or ``channel`` (per-channel mean/std of the training split).
         augment: pad-4 random crop + horizontal flip on the training split.
+        seed: seed of the training order and augmentation (default: the run's ``seed_everything``).
         download: fetch the official archive when the folder is missing (``prepare_data``).
     """
 
@@ -185,7 +186,7 @@ class CIFARDataModule(ShardedDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 500,
         num_workers: int = 2,
-        seed: int = 0,
+        seed: int | None = None,
         download: bool = True,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)

@@ -122,3 +122,9 @@ def test_loaders_shard_without_overlap(dm):
     dm.trainer = None
     sizes = [sum(len(b[1]) for b in loader) for loader in loaders]
     assert sizes == [250, 250]
+
+
+def test_data_order_follows_seed_everything_unless_pinned(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    assert CIFARDataModule(download=False).data_seed() == 3
+    assert CIFARDataModule(download=False, seed=11).data_seed() == 11
