@@ -128,3 +128,24 @@ def test_data_order_follows_seed_everything_unless_pinned(monkeypatch):
     monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     assert CIFARDataModule(download=False).data_seed() == 3
     assert CIFARDataModule(download=False, seed=11).data_seed() == 11
+
+
+def test_cifar100_layout_loads_fine_labels(tmp_path):
+    """CIFAR-100's official layout (train/test/meta, fine_labels) built by hand: no public sample exists."""
+    import pickle
+
+    folder = tmp_path / "cifar" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 20)):
+        record = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(range(n)),
+                  "coarse_labels": [i % 20 for i in range(n)], "filenames": [f"{i}.png" for i in range(n)]}
+        (folder / split).write_bytes(pickle.dumps(record, protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)],
+                                                "coarse_label_names": [f"s{i}" for i in range(20)]}, protocol=2))
+    dm = CIFARDataModule(dataset="cifar100", root=str(tmp_path), val_size=10, num_workers=0, download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.num_classes == 100 and len(dm.classes) == 100
+    assert len(dm.train_set) == 50 and len(dm.val_set) == 10 and len(dm.test_set) == 20
+    assert sorted(dm.train_set.labels.tolist() + dm.val_set.labels.tolist()) == list(range(60))
