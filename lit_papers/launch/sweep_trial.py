@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,21 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def command_line_params(argv: list[str], names: list[str]) -> dict[str, str]:
+    """``{name: value}`` for each ``--name=value`` / ``--name value`` in ``argv`` (the last one wins)."""
+    found: dict[str, str] = {}
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        key, eq, value = token[2:].partition("=")
+        if key in names:
+            if eq:
+                found[key] = value
+            elif i + 1 < len(argv):
+                found[key] = argv[i + 1]
+    return found
+
+
 # -- inside a trial -----------------------------------------------------------------------------------------
 def sweep_trial_callbacks() -> list[Callback]:
     """[SweepTrialCallback] when this ``fit`` is a local-sweep trial, else []."""
@@ -191,6 +207,22 @@ class SweepTrialCallback(Callback):
             if fields.get("state") in TERMINAL or fields.get("state") == "preempted":
                 trial["wall_s_before"] = trial["wall_s"]
                 write_results(self.store, state)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Every rank parses the sweep parameters from its own command line; rank 0's are broadcast and compared,
+        so a rank that got other values (the W&B + DDP failure mode) stops the trial instead of training silently
+        with mixed hyperparameters."""
+        mine = command_line_params(sys.argv, list(self.config.get("parameters", {})))
+        reference = trainer.strategy.broadcast(mine, src=0)
+        agree = trainer.strategy.reduce_boolean_decision(mine == reference, all=True)
+        if not agree:
+            raise RuntimeError(f"sweep trial {self.index}: DDP ranks got different parameters "
+                               f"(rank {trainer.global_rank}: {mine}, rank 0: {reference})")
+        if trainer.is_global_zero:
+            with self.store.locked() as state:
+                trial = state["trials"].setdefault(self.key, {"params": {}})
+                trial["ranks_checked"] = trainer.world_size
+                trial["rank_params"] = mine
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._update(trainer, state="running")

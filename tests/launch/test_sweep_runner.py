@@ -128,11 +128,13 @@ def test_best_trial_follows_the_goal():
 
 
 def test_local_grid_sweep_end_to_end(cli, tmp_path):
-    """Two trials of the tiny grid (shortened), real `fit`s: table rows = trials, metric = each trial's last logged
-    val/acc read from its own CSV log, best.yaml = the best trial's full config with its parameters."""
+    """Two trials of the tiny grid (shortened, each DDP on 2 CPU processes with gloo), real `fit`s: table rows =
+    trials, metric = each trial's last logged val/acc read from its own CSV log, both ranks of each trial saw the
+    trial's parameters, best.yaml = the best trial's full config with its parameters."""
     sweep_dir = tmp_path / "sweep"
-    proc = cli("sweep", str(TINY_GRID), "--count", "2", "--dir", str(sweep_dir), "--",
-               "--wandb=false", "--trainer.max_steps=4", "--trainer.val_check_interval=2")
+    proc = cli("sweep", str(TINY_GRID), "--count", "2", "--dir", str(sweep_dir), "--", "--wandb=false",
+               "--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.devices=2",
+               "--trainer.strategy=ddp")
     assert "best: trial" in proc.stderr
     rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
     assert [r["trial"] for r in rows] == ["0", "1"] and all(r["state"] == "finished" for r in rows)
@@ -148,6 +150,9 @@ def test_local_grid_sweep_end_to_end(cli, tmp_path):
         run_opt = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]
         assert (run_opt["lr"], run_opt["weight_decay"]) == (float(row[LR]), float(row[WD]))
         assert int(row["steps"]) == 4
+        trial = state["trials"][row["trial"]]
+        assert trial["ranks_checked"] == 2  # rank 1 (launched by Lightning) parsed the same values as rank 0
+        assert {k: float(v) for k, v in trial["rank_params"].items()} == {LR: float(row[LR]), WD: float(row[WD])}
     assert len({(r[LR], r[WD]) for r in rows}) == 2
     best = max(rows, key=lambda r: (float(r["val/acc"]), -int(r["trial"])))
     best_cfg = yaml.safe_load((sweep_dir / "best.yaml").read_text())
