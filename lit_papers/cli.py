@@ -4,7 +4,8 @@ Every run gets: its own run folder (see :mod:`lit_papers.launch.run_dir`) with t
 ``ModelCheckpoint`` (``last.ckpt`` always, optionally every N steps) written atomically; a learning-rate
 monitor; the progress bar; ``seed_everything``; a CSV log; a W&B run (project ``lit-papers``, offline when no
 credentials are configured, off with ``--wandb false``) whose config is the full resolved CLI config; a
-reproduction card after ``test``. ``fit`` resumes automatically from the run folder's ``last.ckpt``.
+reproduction card after ``test``. ``fit`` resumes automatically from the run folder (the newer of its HPC
+checkpoint and ``last.ckpt``).
 
 Extra subcommands handled before LightningCLI: ``report`` (paper table from reproduction cards), ``sweep`` (local
 W&B sweep runner, :mod:`lit_papers.launch.sweep`), ``slurm`` (sbatch rendering/submission,

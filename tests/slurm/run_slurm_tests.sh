@@ -29,6 +29,11 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 2
 fi
 
+if ! (cd "$REPO" && PYTHONPATH="$REPO" "$PY" -c "import sweeps, lit_papers" 2>/dev/null); then
+  echo "needs the project and W&B's sweeps in $PY: pip install -e '.[dev,sweeps]' && pip install --no-deps 'sweeps==0.3.0'" >&2
+  exit 2
+fi
+
 T="$(mktemp -d /tmp/lit-papers-slurm.XXXXXX)"
 chmod 755 "$T"
 PIDS=()            # daemons we started, by pid
