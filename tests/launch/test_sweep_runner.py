@@ -162,3 +162,23 @@ def test_local_grid_sweep_end_to_end(cli, tmp_path):
     assert best_cfg["trainer"]["max_steps"] == 4
     md = (sweep_dir / "results.md").read_text()
     assert md.count("\n| ") == 3 and f"best: trial {best['trial']}" in md  # header + 2 rows
+
+
+@pytest.mark.slow
+def test_hyperband_stops_a_real_trial(cli, tmp_path):
+    """Random search with hyperband (min_iter 1, eta 2) over the tiny config: with seed 3, trial 3 (lr 0.074) is
+    stopped at its first validation (step 2 of 8); W&B's rule re-checked on the recorded first-validation values."""
+    import math
+
+    path = write_sweep(tmp_path, method="random", early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2},
+                       parameters={LR: {"distribution": "log_uniform_values", "min": 0.001, "max": 1.0}})
+    sweep_dir = tmp_path / "sweep"
+    cli("sweep", str(path), "--count", "4", "--seed", "3", "--dir", str(sweep_dir), "--", "--wandb=false",
+        "--trainer.max_steps=8", "--trainer.val_check_interval=2")
+    trials = json.loads((sweep_dir / "state.json").read_text())["trials"]
+    stopped = [k for k, t in trials.items() if t["state"] == "stopped"]
+    assert stopped == ["3"] and trials["3"]["steps"] == 2 and len(trials["3"]["history"]) == 1
+    assert all(trials[k]["state"] == "finished" and trials[k]["steps"] == 8 for k in "012")
+    firsts = sorted([trials[k]["history"][0] for k in "0123"], reverse=True)  # best first (maximize)
+    threshold = firsts[math.floor(len(firsts) / 2)]
+    assert trials["3"]["history"][0] < threshold
