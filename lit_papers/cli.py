@@ -4,9 +4,12 @@ Every run gets: its own run folder (see :mod:`lit_papers.launch.run_dir`) with t
 ``ModelCheckpoint`` (``last.ckpt`` always, optionally every N steps) written atomically; a learning-rate
 monitor; the progress bar; ``seed_everything``; a CSV log; a W&B run (project ``lit-papers``, offline when no
 credentials are configured, off with ``--wandb false``) whose config is the full resolved CLI config; a
-reproduction card after ``test``. ``fit`` resumes automatically from the run folder's ``last.ckpt``.
+reproduction card after ``test``. ``fit`` resumes automatically from the run folder (the newer of its HPC
+checkpoint and ``last.ckpt``).
 
-Extra subcommands handled before LightningCLI: ``report`` (paper table from reproduction cards).
+Extra subcommands handled before LightningCLI: ``report`` (paper table from reproduction cards), ``sweep`` (local
+W&B sweep runner, :mod:`lit_papers.launch.sweep`), ``slurm`` (sbatch rendering/submission,
+:mod:`lit_papers.launch.slurm`). ``fit`` checkpoints and stops on SIGUSR1 (:mod:`lit_papers.launch.preemption`).
 Nothing imports this module.
 """
 
@@ -29,6 +32,8 @@ from lit_papers.callbacks.atomic_checkpoint import AtomicCheckpointIO
 from lit_papers.callbacks.card import ReproductionCard
 from lit_papers.callbacks.wandb_setup import make_wandb_logger
 from lit_papers.launch import run_dir as runs
+from lit_papers.launch.preemption import PreemptionCheckpoint
+from lit_papers.launch.sweep_trial import sweep_trial_callbacks
 
 START = time.time()
 
@@ -102,10 +107,9 @@ class LitPapersCLI(LightningCLI):
         os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # processes launched by DDP land in the same folder
         cfg.trainer.default_root_dir = str(self.run_dir)
         if self.subcommand == "fit" and cfg.get("ckpt_path") is None:
-            last = self.run_dir / "checkpoints" / "last.ckpt"
-            if runs.resumable(self.run_dir):
-                cfg.ckpt_path = str(last)
-                print(f"[lit-papers] resuming from {last}", file=sys.stderr)
+            if runs.resumable(self.run_dir):  # newest of HPC (preemption) checkpoint and last.ckpt
+                cfg.ckpt_path = str(runs.resume_checkpoint(self.run_dir))
+                print(f"[lit-papers] resuming from {cfg.ckpt_path}", file=sys.stderr)
         if cfg.trainer.get("precision") is None:
             cfg.trainer.precision = default_precision(str(cfg.trainer.get("accelerator") or "auto"))
 
@@ -129,6 +133,9 @@ class LitPapersCLI(LightningCLI):
             kwargs["logger"] = logger_cfg
         if kwargs["logger"] and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "fit":
+            callbacks.append(PreemptionCheckpoint(run_dir))
+            callbacks.extend(sweep_trial_callbacks())
         callbacks.append(ReproductionCard(run_dir=str(run_dir), variant=self.variant, config_paths=self.config_paths,
                                           seed=cfg.get("seed_everything"), start_time=START))
         kwargs["callbacks"] = callbacks
@@ -160,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         from lit_papers.launch.report import main as report_main
 
         raise SystemExit(report_main(argv[1:]))
+    if argv and argv[0] in ("sweep", "slurm"):
+        from lit_papers.launch import slurm, sweep
+
+        raise SystemExit({"sweep": sweep.main, "slurm": slurm.main}[argv[0]](argv[1:]))
     previous = os.environ.get(runs.RUN_DIR_ENV)
     try:
         LitPapersCLI(args=argv if explicit else None)

@@ -34,12 +34,24 @@ def wandb_offline() -> bool:
 
 
 def wandb_run_id(run_dir: Path) -> str:
-    """The run's W&B id, created once and stored in the run folder (and so reused by a resumed run)."""
+    """The run's W&B id, created once and stored in the run folder (and so reused by a resumed run, e.g. a
+    requeued Slurm job). Under ``wandb agent`` the id the agent assigned (``WANDB_RUN_ID``) is the one stored, so
+    the run reports to its sweep."""
     path = Path(run_dir) / WANDB_ID_FILE
     if path.is_file():
         return path.read_text().strip()
-    run_id = uuid.uuid4().hex[:12]
-    path.write_text(run_id + "\n")
+    agent_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    run_id = agent_id or uuid.uuid4().hex[:12]
+    # Every srun-launched DDP rank builds the logger: the first to publish its id wins (link() is atomic and
+    # fails if the file exists), the others read that id, so a requeued job finds the id rank 0 used.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(run_id + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        run_id = path.read_text().strip()
+    finally:
+        tmp.unlink(missing_ok=True)
     return run_id
 
 

@@ -4,7 +4,11 @@ Rules (one place, so DDP ranks, Slurm requeues and re-runs agree):
 
 * ``LIT_PAPERS_RUN_DIR`` (set by rank 0 for the processes it launches, or by a user) wins.
 * Under Slurm the version is the job id (``<job>`` or ``<array job>_<task>``), so a requeued job finds its own
-  checkpoints.
+  checkpoints. Under a W&B sweep agent (``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` set) it is ``wandb-<run id>``
+  (plus the Slurm id when there is one), so two trials never share a folder, whatever auto-resume would pick.
+* ``fit`` resumes from the newest of the HPC checkpoints (``hpc_ckpt_<n>.ckpt``, written on SIGUSR1 by
+  :class:`lit_papers.callbacks.preemption.PreemptionCheckpoint`) and ``checkpoints/last.ckpt``; see
+  :func:`resume_checkpoint`.
 * Otherwise ``fit`` resumes the newest version of the experiment that has ``checkpoints/last.ckpt``, is not
   ``FINISHED`` and is not held by a live process (``run.lock``); else it starts ``v<N+1>``. Re-running the
   same command after a crash therefore continues it; re-running after it finished starts a fresh run;
@@ -48,6 +52,15 @@ def slurm_version() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def agent_version() -> str | None:
+    """The folder name of a run launched by ``wandb agent`` (its run id), else None."""
+    run_id = os.environ.get("WANDB_RUN_ID")
+    if os.environ.get("WANDB_SWEEP_ID") and run_id:
+        slurm = slurm_version()
+        return f"{slurm}-wandb-{run_id}" if slurm else f"wandb-{run_id}"
+    return None
+
+
 def _lock_alive(run_dir: Path) -> bool:
     lock = run_dir / LOCK
     try:
@@ -70,8 +83,33 @@ def _versions(exp_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[1:]))
 
 
+HPC_PATTERN = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
+
+
+def hpc_checkpoints(run_dir: Path) -> list[Path]:
+    """``<run_dir>/hpc_ckpt_<n>.ckpt`` files (Lightning's naming), oldest number first."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("hpc_ckpt_*.ckpt") if (m := HPC_PATTERN.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def next_hpc_checkpoint(run_dir: Path) -> Path:
+    existing = hpc_checkpoints(run_dir)
+    number = int(HPC_PATTERN.fullmatch(existing[-1].name).group(1)) + 1 if existing else 1
+    return Path(run_dir) / f"hpc_ckpt_{number}.ckpt"
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a restarted ``fit`` continues from: the newest (by modification time) of the last HPC
+    checkpoint and ``checkpoints/last.ckpt``; None for a fresh start. A preempted job's HPC checkpoint is newer
+    than its ``last.ckpt``; after the resumed run saves ``last.ckpt`` again, that one is newer."""
+    candidates = [p for p in [*hpc_checkpoints(run_dir)[-1:], Path(run_dir) / "checkpoints" / "last.ckpt"] if p.is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+
 def resumable(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / FINISHED).exists()
+    return resume_checkpoint(run_dir) is not None and not (run_dir / FINISHED).exists()
 
 
 def choose_run_dir(experiment: str, *, subcommand: str, version: str | None = None, root: Path | None = None) -> Path:
@@ -80,7 +118,7 @@ def choose_run_dir(experiment: str, *, subcommand: str, version: str | None = No
         path = Path(env)
     else:
         exp_dir = (root or runs_root()) / experiment
-        version = version or slurm_version()
+        version = version or agent_version() or slurm_version()
         if version:
             path = exp_dir / version
         else:
