@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset

@@ -13,7 +13,8 @@ the two real samples, combination (0, ..., 0) and (1, ..., 1), are swapped to de
 
 Evaluation batches (:class:`lit_papers.data.mixamo.MixamoRetargetEval`): the source motion decoded with the
 static codes of a clip of the target character; logged per stage ``<stage>/mse_norm`` (normalised units),
-``<stage>/mse_px`` and ``<stage>/mpjpe_px`` (pixels at the 512-px scale), the same for the scaled-copy baseline
+``<stage>/mse_px`` and ``<stage>/mpjpe_px`` (pixels at the 512-px scale, root trajectory integrated from the
+predicted velocity), ``<stage>/mpjpe_rel_px`` (root-relative pose error in pixels), the same for the scaled-copy baseline
 (``..._copy``), and motion retrieval top-1 by nearest motion code among other characters (``retrieval_top1``:
 same window, ``retrieval_top1_anim``: same animation).
 """
@@ -53,7 +54,7 @@ class MotionRetargetLitModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.factors = model.factors
         self.combos = list(itertools.product((0, 1), repeat=len(self.factors)))
-        names = ["mse_norm", "mse_px", "mpjpe_px", "mse_norm_copy", "mse_px_copy", "mpjpe_px_copy"]
+        names = [f"{n}{s}" for s in ("", "_copy") for n in ("mse_norm", "mse_px", "mpjpe_px", "mpjpe_rel_px")]
         self.eval_metrics = torch.nn.ModuleDict({f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in names})
         self._codes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -113,6 +114,8 @@ class MotionRetargetLitModule(L.LightningModule):
             self.eval_metrics[f"{stage}_mse_norm{suffix}"](((guess - gt) ** 2).mean(dim=(1, 2)))
             self.eval_metrics[f"{stage}_mse_px{suffix}"](((px - gt_px) ** 2).mean(dim=(1, 2, 3)))
             self.eval_metrics[f"{stage}_mpjpe_px{suffix}"]((px - gt_px).norm(dim=2).mean(dim=(1, 2)))
+            rel = (px - px[:, ROOT:ROOT + 1]) - (gt_px - gt_px[:, ROOT:ROOT + 1])  # (B, 15, 2, T) pose error only
+            self.eval_metrics[f"{stage}_mpjpe_rel_px{suffix}"](rel.norm(dim=2).mean(dim=(1, 2)))
         motion_code = self.model.encode(src, which=("motion",))["motion"].flatten(1)  # (B, Cm * T/8)
         self._codes.append((motion_code.float().cpu(), batch["motion"].cpu(), batch["animation"].cpu(),
                             batch["char"].cpu()))
