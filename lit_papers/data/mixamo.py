@@ -209,7 +209,8 @@ class MixamoRetargetEval(Dataset):
     static codes are what the network sees of the target). Returns float32 tensors ``src``, ``ref``, ``gt``,
     ``copy`` (30, L) normalised (``copy`` = :func:`motion2d.scale_copy` of the source to the height measured on
     ``ref``), ``gt_px`` (15, 2, L) pixels, ``mean``/``std`` (15, 2), and int64 ``motion``, ``animation``,
-    ``char``, ``target``, ``view``.
+    ``char``, ``target``, ``view``. With views, also ``ref_view``/``gt_view`` (30, L) and ``gt_view_px``: the
+    target clip and the ground truth seen from a *different* view (retargeting skeleton and view at once).
     """
 
     def __init__(self, characters: list[str], motions: list[tuple[str, int]], arrays: dict, *,
@@ -254,7 +255,13 @@ class MixamoRetargetEval(Dataset):
         def norm(x):
             return torch.from_numpy(M.preprocess(x, self.mean, self.std)).float()
 
-        return {"src": norm(src), "ref": norm(ref), "gt": norm(gt), "copy": norm(copy),
+        out = {}
+        if self.views:  # view change too: target clip and ground truth seen from another of the 7 views
+            view2 = (view + 1 + (m + a + b) % (len(M.VIEW_ANGLES) - 1)) % len(M.VIEW_ANGLES)
+            gt2 = self.project(m, b, view2)
+            out = {"ref_view": norm(self.project(self.ref_of[(m, a, b)], b, view2)), "gt_view": norm(gt2),
+                   "gt_view_px": torch.from_numpy(gt2).float()}
+        return {**out, "src": norm(src), "ref": norm(ref), "gt": norm(gt), "copy": norm(copy),
                 "gt_px": torch.from_numpy(gt).float(),
                 "mean": torch.from_numpy(self.mean).float(), "std": torch.from_numpy(self.std).float(),
                 "motion": m, "animation": self.animation_index[self.motions[m][0]], "char": a, "target": b,

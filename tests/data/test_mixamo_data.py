@@ -151,6 +151,10 @@ def test_datamodule_setup_eval_items_and_real_stats(synth, shared_data):
     m, a, b = dm.test_set.items[0]
     gt = dm.test_set.project(m, b, item["view"])
     np.testing.assert_allclose(item["gt_px"].numpy(), gt, atol=1e-3)
+    view2 = (item["view"] + 1 + (m + a + b) % 6) % 7  # view transfer: another of the 7 views
+    assert view2 != item["view"]
+    np.testing.assert_allclose(item["gt_view_px"].numpy(), dm.test_set.project(m, b, view2), atol=1e-3)
+    assert item["ref_view"].shape == (30, 120)
     real = MixamoDataModule(data_dir=str(synth), stats="real", root=str(shared_data), views=False)
     mean, std = load_stats(real.stats_dir, False)
     np.testing.assert_allclose(mean[0], [-3.3, -78.2], atol=0.1)

@@ -15,7 +15,8 @@ Evaluation batches (:class:`lit_papers.data.mixamo.MixamoRetargetEval`): the sou
 static codes of a clip of the target character; logged per stage ``<stage>/mse_norm`` (normalised units),
 ``<stage>/mse_px`` and ``<stage>/mpjpe_px`` (pixels at the 512-px scale, root trajectory integrated from the
 predicted velocity), ``<stage>/mpjpe_rel_px`` (root-relative pose error in pixels), the same for the scaled-copy baseline
-(``..._copy``), and motion retrieval top-1 by nearest motion code among other characters (``retrieval_top1``:
+(``..._copy``), with views also skeleton + view transfer (``mse_norm_view``, ``mpjpe_rel_px_view``: target clip
+and ground truth from another view; no copy baseline exists for it), and motion retrieval top-1 by nearest motion code among other characters (``retrieval_top1``:
 same window, ``retrieval_top1_anim``: same animation).
 """
 
@@ -55,6 +56,7 @@ class MotionRetargetLitModule(L.LightningModule):
         self.factors = model.factors
         self.combos = list(itertools.product((0, 1), repeat=len(self.factors)))
         names = [f"{n}{s}" for s in ("", "_copy") for n in ("mse_norm", "mse_px", "mpjpe_px", "mpjpe_rel_px")]
+        names += ["mse_norm_view", "mpjpe_rel_px_view"]  # full model: target seen from another view
         self.eval_metrics = torch.nn.ModuleDict({f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in names})
         self._codes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -116,13 +118,21 @@ class MotionRetargetLitModule(L.LightningModule):
             self.eval_metrics[f"{stage}_mpjpe_px{suffix}"]((px - gt_px).norm(dim=2).mean(dim=(1, 2)))
             rel = (px - px[:, ROOT:ROOT + 1]) - (gt_px - gt_px[:, ROOT:ROOT + 1])  # (B, 15, 2, T) pose error only
             self.eval_metrics[f"{stage}_mpjpe_rel_px{suffix}"](rel.norm(dim=2).mean(dim=(1, 2)))
+        if "gt_view" in batch and self.model.view_encoder is not None:  # change skeleton and view at once
+            pred_v = self.model.retarget(src, batch["ref_view"])
+            start_v = batch["gt_view_px"][:, ROOT, :, 0]
+            px = postprocess_torch(pred_v, mean, std, start_v)
+            gt_v_px = postprocess_torch(batch["gt_view"], mean, std, start_v)
+            self.eval_metrics[f"{stage}_mse_norm_view"](((pred_v - batch["gt_view"]) ** 2).mean(dim=(1, 2)))
+            rel = (px - px[:, ROOT:ROOT + 1]) - (gt_v_px - gt_v_px[:, ROOT:ROOT + 1])
+            self.eval_metrics[f"{stage}_mpjpe_rel_px_view"](rel.norm(dim=2).mean(dim=(1, 2)))
         motion_code = self.model.encode(src, which=("motion",))["motion"].flatten(1)  # (B, Cm * T/8)
         self._codes.append((motion_code.float().cpu(), batch["motion"].cpu(), batch["animation"].cpu(),
                             batch["char"].cpu()))
 
     def _finish(self, stage: str) -> None:
         for name, metric in self.eval_metrics.items():
-            if name.startswith(stage + "_"):
+            if name.startswith(stage + "_") and metric.update_count:
                 self.log(f"{stage}/{name[len(stage) + 1:]}", metric)
         if self._codes and self.trainer.world_size == 1:  # retrieval needs every code in one process
             top1, top1_anim = retrieval_top1(*(torch.cat(t) for t in zip(*self._codes)))
