@@ -145,7 +145,8 @@ class EpisodeImages:
     def build(self, episode: Episode, task: str = "train") -> dict:
         """-> dict with ``support`` float (B, N*K, 1, S, S) in [0, 1] (ink = 1), ``support_labels`` int64 (B, N*K)
         in 0..N-1, ``query`` (B, N*Q, 1, S, S), ``query_labels`` (B, N*Q), ``classes`` int64 (B, N) (class ids),
-        ``task`` (str). Without shuffling the sets are class-major: label n for rows n*K .. n*K+K-1."""
+        ``task`` (str), ``support_keys`` / ``query_keys`` int64 = cache row * 4 + rotation (the same key means the
+        same input image unless ``augmented``). Without shuffling the sets are class-major: label n for rows n*K .. n*K+K-1."""
         ids = torch.from_numpy(episode.images)  # (B, N, K+Q)
         b, n, m = ids.shape
         k = episode.shot
@@ -160,21 +161,28 @@ class EpisodeImages:
         if self.augment is not None and (self.augment[0] > 0 or self.augment[1] > 0):
             x = random_affine(x.reshape(b * n * m, *x.shape[3:]), *self.augment, generator=gen).reshape(x.shape)
         labels = torch.arange(n).view(1, n, 1).expand(b, n, m)  # (B, N, K+Q)
+        keys = ids * 4 + rot.unsqueeze(-1)  # (B, N, K+Q): identifies (drawing, rotation) for embedding caches
         size = x.shape[-1]
         support = x[:, :, :k].reshape(b, n * k, 1, size, size)
         query = x[:, :, k:].reshape(b, n * (m - k), 1, size, size)
         support_labels = labels[:, :, :k].reshape(b, n * k)
         query_labels = labels[:, :, k:].reshape(b, n * (m - k))
+        support_keys = keys[:, :, :k].reshape(b, n * k)
+        query_keys = keys[:, :, k:].reshape(b, n * (m - k))
         if self.shuffle:
             order = torch.argsort(torch.rand(b, n * k, generator=gen), dim=1)  # (B, N*K)
             support = support[torch.arange(b)[:, None], order]
             support_labels = torch.gather(support_labels, 1, order)
+            support_keys = torch.gather(support_keys, 1, order)
             if m > k:
                 qorder = torch.argsort(torch.rand(b, n * (m - k), generator=gen), dim=1)
                 query = query[torch.arange(b)[:, None], qorder]
                 query_labels = torch.gather(query_labels, 1, qorder)
+                query_keys = torch.gather(query_keys, 1, qorder)
         return {"support": support, "support_labels": support_labels.contiguous(), "query": query,
-                "query_labels": query_labels.contiguous(), "classes": torch.from_numpy(episode.classes), "task": task}
+                "query_labels": query_labels.contiguous(), "classes": torch.from_numpy(episode.classes), "task": task,
+                "support_keys": support_keys.contiguous(), "query_keys": query_keys.contiguous(),
+                "augmented": self.augment is not None}
 
 
 def random_affine(x: torch.Tensor, max_degrees: float, max_shift: float, *, generator: torch.Generator) -> torch.Tensor:

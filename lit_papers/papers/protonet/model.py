@@ -42,5 +42,11 @@ class PrototypicalNetwork(nn.Module):
         """
         s = support.shape[1]
         z = self.embed(torch.cat([support, query], dim=1))  # (B, N*K + Q, D)
-        prototypes = class_prototypes(z[:, :s], support_labels, way)  # (B, N, D), eq. 1
-        return -squared_euclidean(z[:, s:], prototypes)  # (B, Q, N), eq. 2
+        return self.classify(z[:, :s], support_labels, z[:, s:], way)
+
+    @staticmethod
+    def classify(support_z: torch.Tensor, support_labels: torch.Tensor, query_z: torch.Tensor,
+                 way: int) -> torch.Tensor:
+        """Embeddings -> logits: support_z (B, N*K, D), query_z (B, Q, D) -> (B, Q, way)."""
+        prototypes = class_prototypes(support_z, support_labels, way)  # (B, N, D), eq. 1
+        return -squared_euclidean(query_z, prototypes)  # (B, Q, N), eq. 2
