@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 
+import pytest
 import torch
 from torch import nn
 
@@ -69,3 +70,23 @@ def test_cached_evaluation_equals_direct_evaluation(shared_data):
                                            module._cached_embed(batch["query"], batch["query_keys"]), way)
             torch.testing.assert_close(cached, direct, rtol=1e-4, atol=1e-4)
     assert 0 < len(module._embeddings) <= 3 * 5 * 6
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_test_metrics_equal_single_process(cli):
+    import csv
+
+    def last(run, key):
+        with open(run / "csv" / "metrics.csv") as fh:
+            return float([row[key] for row in csv.DictReader(fh) if row.get(key)][-1])
+
+    cli("fit", "--config", "configs/protonet/tiny.yaml", "--wandb", "false")
+    ckpt = str(cli.runs / "protonet" / "tiny" / "v0" / "checkpoints" / "last.ckpt")
+    tasks = ["--data.init_args.test_tasks", "[{way: 5, shot: 1, query: 5, episodes: 7}]"]  # odd: 4/3 per rank
+    cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", ckpt, *tasks,
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", timeout=900)
+    cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", ckpt, *tasks)
+    two, one = cli.runs / "protonet" / "tiny" / "v1", cli.runs / "protonet" / "tiny" / "v2"
+    for key in ("test/official_20way_1shot_acc", "test/5way_1shot_acc", "test/5way_1shot_ci95", "test/loss"):
+        assert last(two, key) == pytest.approx(last(one, key), rel=1e-5, abs=1e-7), key
