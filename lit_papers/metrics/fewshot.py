@@ -1,0 +1,36 @@
+"""Few-shot accuracy as reported by Vinyals et al. 2016 / Snell et al. 2017: the mean accuracy over test episodes
+with a 95% confidence interval, half-width 1.96 * std / sqrt(n) (sample std, normal approximation).
+
+The running form keeps (n, sum, sum of squares) in float64, so partial results from DDP ranks are simply summed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Z95 = 1.959963984540054
+
+
+def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
+    """(mean, 95% half-width) of per-episode accuracies (1-d tensor); half-width 0 for one episode."""
+    values = values.detach().to(torch.float64).flatten()
+    return moments_ci95(episode_moments(values))
+
+
+def episode_moments(values: torch.Tensor) -> torch.Tensor:
+    """float64 (3,): (count, sum, sum of squares) of per-episode accuracies; add them across ranks/batches."""
+    values = values.detach().to(torch.float64).flatten()
+    return torch.stack([torch.tensor(float(values.numel()), dtype=torch.float64), values.sum(), values.pow(2).sum()])
+
+
+def moments_ci95(moments: torch.Tensor) -> tuple[float, float]:
+    n, s, ss = (float(v) for v in moments)
+    if n <= 0:
+        raise ValueError("no episodes were evaluated")
+    mean = s / n
+    if n < 2:
+        return mean, 0.0
+    var = max(ss - s * s / n, 0.0) / (n - 1)
+    return mean, Z95 * math.sqrt(var / n)

@@ -1,0 +1,91 @@
+"""Least-Recently-Used Access (LRUA) memory of Santoro et al. 2016, "Meta-Learning with Memory-Augmented Neural
+Networks", sec. 3.1 (eqs. 2-8), as plain tensor functions.
+
+Shapes: memory ``M`` (B, S, W) with S slots of width W; H heads; keys (B, H, W); weights over slots (B, H, S);
+usage (B, S).
+
+    read:   w^r_t(i) = softmax_i K(k_t, M_t(i)),  K = cosine similarity            (eqs. 2-3)
+            r_t = sum_i w^r_t(i) M_t(i)                                              (eq. 4)
+    usage:  w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t                                  (eq. 5)
+    LRU:    w^lu_t(i) = 0 if w^u_t(i) > m(w^u_t, n) else 1, m = n-th smallest         (eq. 6)
+    write:  w^w_t = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}        (eq. 7)
+            M_t(i) = M_{t-1}(i) + w^w_t(i) k_t                                        (eq. 8)
+    "Prior to writing to memory, the least used memory location is computed from w^u_{t-1} and is set to zero."
+
+With several heads, usage adds the weights of all heads and n = number of read heads (as in the paper).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def cosine_similarity(keys: torch.Tensor, memory: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """keys (B, H, W), memory (B, S, W) -> (B, H, S) cosine similarities (eq. 2)."""
+    dot = keys @ memory.transpose(1, 2)  # (B, H, W) @ (B, W, S) -> (B, H, S)
+    norms = keys.norm(dim=-1, keepdim=True) * memory.norm(dim=-1).unsqueeze(1)  # (B, H, 1) * (B, 1, S)
+    return dot / norms.clamp_min(eps)
+
+
+def content_address(keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """Read weights: softmax over slots of the cosine similarity (eq. 3). -> (B, H, S), each row sums to 1."""
+    return torch.softmax(cosine_similarity(keys, memory), dim=-1)
+
+
+def read(weights: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """r = sum_i w(i) M(i) (eq. 4): weights (B, H, S), memory (B, S, W) -> (B, H, W)."""
+    return weights @ memory
+
+
+def least_used(usage: torch.Tensor, n: int) -> torch.Tensor:
+    """w^lu (eq. 6): 1 at the ``n`` least-used slots, 0 elsewhere. usage (B, S) -> float (B, S).
+
+    Ties are broken towards the lower slot index (stable sort). The selection is not differentiable (no gradient).
+    """
+    idx = torch.argsort(usage.detach(), dim=-1, stable=True)[..., :n]  # (B, n)
+    return torch.zeros_like(usage).scatter_(-1, idx, 1.0)
+
+
+def write_weights(gate_logit: torch.Tensor, prev_read: torch.Tensor, prev_least_used: torch.Tensor) -> torch.Tensor:
+    """w^w = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1} (eq. 7).
+
+    gate_logit (B, H), prev_read (B, H, S), prev_least_used (B, S) -> (B, H, S).
+    """
+    g = torch.sigmoid(gate_logit).unsqueeze(-1)  # (B, H, 1)
+    return g * prev_read + (1 - g) * prev_least_used.unsqueeze(1)
+
+
+def clear_least_used(memory: torch.Tensor, prev_usage: torch.Tensor) -> torch.Tensor:
+    """Zero the single least-used slot (argmin of w^u_{t-1}) before writing. memory (B, S, W) -> (B, S, W)."""
+    keep = 1.0 - least_used(prev_usage, 1)  # (B, S): 0 at the least-used slot
+    return memory * keep.unsqueeze(-1)
+
+
+def write(memory: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """M_t = M_{t-1} + sum_h w^w_h k_h^T (eq. 8): memory (B, S, W), weights (B, H, S), keys (B, H, W) -> (B, S, W)."""
+    return memory + weights.transpose(1, 2) @ keys  # (B, S, H) @ (B, H, W)
+
+
+def update_usage(usage: torch.Tensor, read_weights: torch.Tensor, write_weights_: torch.Tensor,
+                 gamma: float) -> torch.Tensor:
+    """w^u_t = gamma w^u_{t-1} + sum_h (w^r_h + w^w_h) (eq. 5): usage (B, S), weights (B, H, S) -> (B, S)."""
+    return gamma * usage + read_weights.sum(1) + write_weights_.sum(1)
+
+
+def lrua_step(memory: torch.Tensor, usage: torch.Tensor, prev_read: torch.Tensor, keys: torch.Tensor,
+              gate_logit: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LRUA write-then-read step. Returns (read vectors (B, H, W), memory, usage, read weights (B, H, S)).
+
+    The write uses the previous step's read weights and least-used slots (eq. 7); the read uses the new key on
+    the updated memory.
+    """
+    n = keys.shape[1]
+    w_write = write_weights(gate_logit, prev_read, least_used(usage, n))  # (B, H, S)
+    memory = write(clear_least_used(memory, usage), w_write, keys)  # (B, S, W)
+    w_read = content_address(keys, memory)  # (B, H, S)
+    usage = update_usage(usage, w_read, w_write, gamma)  # (B, S)
+    return read(w_read, memory), memory, usage, w_read
+
+
+__all__ = ["content_address", "cosine_similarity", "read", "least_used", "write_weights",
+           "clear_least_used", "write", "update_usage", "lrua_step"]

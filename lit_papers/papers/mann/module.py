@@ -1,0 +1,106 @@
+"""MANNLitModule: sequence training of Santoro et al. 2016 (sec. 4.1) for the MANN or the LSTM baseline.
+
+A batch holds ``episodes_per_batch`` episodes of N classes x K samples in random order (``support``
+(B, T, 1, S, S), ``support_labels`` (B, T), T = N*K); the model sees x_t with y_{t-1} and is trained with the
+cross-entropy of y_t at every step. Accuracy is reported by *instance*: the k-th presentation of a class in the
+episode (Table 1 reports the 1st, 2nd, 3rd, 5th and 10th). Logged: ``train/loss``, ``train/acc_inst{k}``,
+``<stage>/acc_inst{k}`` (fractions, exact sums over DDP ranks), ``<stage>/loss``, ``<stage>/acc``.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+REPORTED = (1, 2, 3, 5, 10)
+
+
+def instance_numbers(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """labels (B, T) -> int64 (B, T): 1 for the first time a label occurs in its sequence, 2 the second, ..."""
+    counts = F.one_hot(labels, num_classes).cumsum(dim=1)  # (B, T, C) running count per class
+    return counts.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+class MANNLitModule(L.LightningModule):
+    def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable,
+                 scheduler: LRSchedulerCallable | None = None, max_instance: int = 10) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self._sums: torch.Tensor | None = None
+
+    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = batch["support"], batch["support_labels"]  # (B, T, 1, S, S), (B, T)
+        logits = self.model(images, labels).float()  # (B, T, C)
+        loss = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, T)
+        return logits, labels, loss
+
+    def _instance_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """float64 (2, max_instance): correct and total predictions per instance number 1..max_instance."""
+        k = self.hparams.max_instance
+        inst = instance_numbers(labels, logits.shape[-1]).clamp(max=k) - 1  # (B, T) in 0..k-1
+        correct = (logits.argmax(-1) == labels).double()
+        out = torch.zeros(2, k, dtype=torch.float64, device=logits.device)
+        out[0].scatter_add_(0, inst.flatten(), correct.flatten())
+        out[1].scatter_add_(0, inst.flatten(), torch.ones_like(correct).flatten())
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits, labels, loss = self._forward(batch)
+        loss = loss.mean()
+        counts = self._instance_counts(logits.detach(), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        for k in (1, 2, 10):
+            if k <= self.hparams.max_instance and counts[1, k - 1] > 0:
+                self.log(f"train/acc_inst{k}", counts[0, k - 1] / counts[1, k - 1], prog_bar=k == 2)
+        return loss
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._sums = torch.zeros(3, self.hparams.max_instance, dtype=torch.float64, device=self.device)
+
+    def _eval_step(self, batch: dict) -> None:
+        logits, labels, loss = self._forward(batch)
+        self._sums[:2] += self._instance_counts(logits, labels)
+        self._sums[2, 0] += loss.double().sum()
+
+    def _end(self, stage: str) -> None:
+        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
+        correct, total = sums[0], sums[1]
+        if total.sum() <= 0:
+            return
+        for k in REPORTED:
+            if k <= self.hparams.max_instance and total[k - 1] > 0:
+                self.log(f"{stage}/acc_inst{k}", float(correct[k - 1] / total[k - 1]), sync_dist=False)
+        self.log(f"{stage}/acc", float(correct.sum() / total.sum()), sync_dist=False)
+        self.log(f"{stage}/loss", float(sums[2, 0] / total.sum()), sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._start()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start()
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end("test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}

@@ -1,0 +1,1 @@
+"""Prototypical Networks for Few-shot Learning (Snell, Swersky, Zemel, NeurIPS 2017)."""

@@ -1,0 +1,130 @@
+"""ProtoNetLitModule: episodic training (Snell et al. 2017, Algorithm 1) and few-shot evaluation.
+
+Training: one (or ``episodes_per_batch``) N-way episode per optimizer step; the loss is the mean negative log
+softmax probability of the query's class (eq. 2). The scheduler is stepped per episode (the paper halves the
+learning rate "every 2000 episodes").
+Evaluation: every val/test dataloader is one task (its batches carry ``task``: ``5way_1shot``, ...,
+``official_20way_1shot``); per-episode accuracies are accumulated as (n, sum, sum of squares), summed over DDP
+ranks, and logged as ``<stage>/<task>_acc`` (mean, fraction) and ``<stage>/<task>_ci95`` (95% half-width), plus
+``<stage>/loss`` (mean query cross-entropy over all episodes).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from lit_papers.metrics.fewshot import episode_moments, moments_ci95
+
+
+def task_names(loaders) -> list[str]:
+    """Task names of a trainer's eval dataloaders (datasets expose ``name``), identical on every rank."""
+    if loaders is None:
+        return []
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    return [getattr(dl.dataset, "name", f"set{i}") for i, dl in enumerate(loaders)]
+
+
+class ProtoNetLitModule(L.LightningModule):
+    def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable,
+                 scheduler: LRSchedulerCallable | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self._moments: dict[str, torch.Tensor] = {}
+        self._embeddings: dict[int, torch.Tensor] = {}
+
+    def episode_logits(self, batch: dict) -> torch.Tensor:
+        way = batch["classes"].shape[1]
+        return self.model(batch["support"], batch["support_labels"], batch["query"], way)  # (B, Q, N)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.episode_logits(batch).float()  # (B, Q, N)
+        labels = batch["query_labels"]  # (B, Q)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        acc = (logits.argmax(-1) == labels).float().mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", acc, prog_bar=True)
+        return loss
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def _start(self, loaders) -> None:
+        # (n, sum acc, sum acc^2, sum loss) per task, float64; keys identical on all ranks
+        self._moments = {name: torch.zeros(4, dtype=torch.float64) for name in task_names(loaders)}
+        self._embeddings = {}
+
+    def _cached_embed(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, M, D) of images (B, M, C, H, W), each distinct key embedded once per eval epoch.
+
+        Exact in eval mode (batch norm uses running statistics, so an embedding does not depend on the episode);
+        it makes 1000-episode evaluations cost about one pass over the test split's drawings.
+        """
+        flat = keys.flatten().tolist()
+        new: dict[int, int] = {}
+        for i, key in enumerate(flat):
+            if key not in self._embeddings and key not in new:
+                new[key] = i
+        if new:
+            rows = torch.tensor(list(new.values()), device=images.device)
+            z = self.model.embed(images.flatten(0, 1)[rows].unsqueeze(0))[0]  # (U, D)
+            self._embeddings.update(zip(new, z))
+        return torch.stack([self._embeddings[k] for k in flat]).view(*keys.shape, -1)  # (B, M, D)
+
+    def _eval_step(self, batch: dict) -> None:
+        if "support_keys" in batch and not batch.get("augmented", False) and not self.training:
+            way = batch["classes"].shape[1]
+            logits = self.model.classify(self._cached_embed(batch["support"], batch["support_keys"]),
+                                         batch["support_labels"],
+                                         self._cached_embed(batch["query"], batch["query_keys"]), way).float()
+        else:
+            logits = self.episode_logits(batch).float()  # (B, Q, N)
+        labels = batch["query_labels"]
+        acc = (logits.argmax(-1) == labels).float().mean(dim=1)  # (B,) per-episode accuracy
+        loss = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)  # (B,)
+        moments = episode_moments(acc.cpu())
+        update = torch.cat([moments, loss.detach().double().sum().cpu().view(1)])
+        self._moments[batch["task"]] = self._moments.get(batch["task"], torch.zeros(4, dtype=torch.float64)) + update
+
+    def _end(self, stage: str) -> None:
+        total_n, total_loss = 0.0, 0.0
+        for name in sorted(self._moments):
+            moments = self.trainer.strategy.reduce(self._moments[name].to(self.device), reduce_op="sum").cpu()
+            if moments[0] <= 0:
+                continue
+            mean, ci = moments_ci95(moments[:3])
+            self.log(f"{stage}/{name}_acc", mean, sync_dist=False)
+            self.log(f"{stage}/{name}_ci95", ci, sync_dist=False)
+            total_n, total_loss = total_n + float(moments[0]), total_loss + float(moments[3])
+        if total_n:
+            self.log(f"{stage}/loss", total_loss / total_n, sync_dist=False)
+        self._moments = {}
+
+    def on_validation_epoch_start(self) -> None:
+        self._start(self.trainer.val_dataloaders)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start(self.trainer.test_dataloaders)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end("test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}

@@ -1,0 +1,91 @@
+"""Prototypical Networks: eq. 1-2 with a hand-checkable encoder, conv-4 shapes, and the tiny recipe end to end."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from lit_papers.backbones.conv4 import Conv4
+from lit_papers.papers.protonet.model import PrototypicalNetwork
+
+
+class Flatten(nn.Module):
+    def forward(self, x):
+        return OrderedDict(out=x.flatten(1))
+
+
+def test_logits_are_negative_squared_distances_to_mean_support_embeddings():
+    model = PrototypicalNetwork(encoder=Flatten())
+    support = torch.tensor([[0.0, 0.0], [0.0, 4.0], [2.0, 0.0]]).view(1, 3, 1, 1, 2)
+    labels = torch.tensor([[0, 1, 0]])
+    query = torch.tensor([[1.0, 1.0], [3.0, 4.0]]).view(1, 2, 1, 1, 2)
+    logits = model(support, labels, query, way=2)
+    assert logits.tolist() == [[[-1.0, -10.0], [-20.0, -9.0]]]
+
+
+def test_conv4_gives_64d_embeddings_on_28x28():
+    enc = Conv4()
+    maps = enc(torch.zeros(2, 1, 28, 28))
+    assert [tuple(m.shape) for m in maps.values()] == [(2, 64, 14, 14), (2, 64, 7, 7), (2, 64, 3, 3), (2, 64, 1, 1)]
+    assert enc.out_channels == [64] * 4 and enc.strides == [2, 4, 8, 16]
+    assert PrototypicalNetwork(encoder=enc).embed(torch.zeros(1, 3, 1, 28, 28)).shape == (1, 3, 64)
+    # 4 x (conv 3x3 + BN): (1*64*9 + 64) + 3 * (64*64*9 + 64) + 4 * (64 + 64) = 640 + 110,784 + 512
+    assert sum(p.numel() for p in enc.parameters()) == 111_936
+
+
+def test_tiny_fit_and_test_on_the_real_data(cli):
+    cli("fit", "--config", "configs/protonet/tiny.yaml", "--wandb", "false")
+    run = cli.runs / "protonet" / "tiny" / "v0"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    proc = cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", str(ckpt))
+    assert "test/official_20way_1shot_acc" in proc.stdout and "test/5way_5shot_ci95" in proc.stdout
+    metrics = (cli.runs / "protonet" / "tiny" / "v1" / "csv" / "metrics.csv").read_text()
+    assert "test/official_20way_1shot_acc" in metrics and "test/5way_5shot_ci95" in metrics
+
+
+def test_cached_evaluation_equals_direct_evaluation(shared_data):
+    from lit_papers.data.episodes import EpisodeTask
+    from lit_papers.data.omniglot import OmniglotDataModule
+    from lit_papers.papers.protonet.module import ProtoNetLitModule
+
+    torch.manual_seed(0)
+    module = ProtoNetLitModule(model=PrototypicalNetwork(encoder=Conv4(width=8)), optimizer=torch.optim.Adam).eval()
+    dm = OmniglotDataModule(root=str(shared_data), test_size=8, official_runs=False,
+                            test_tasks=[EpisodeTask(5, 1, 5, 3)])
+    dm.setup("test")
+    dataset = dm.test_dataloader()[0].dataset
+    module._embeddings = {}
+    with torch.no_grad():
+        for i in range(3):
+            batch = dataset[i]
+            direct = module.episode_logits(batch)
+            way = batch["classes"].shape[1]
+            cached = module.model.classify(module._cached_embed(batch["support"], batch["support_keys"]),
+                                           batch["support_labels"],
+                                           module._cached_embed(batch["query"], batch["query_keys"]), way)
+            torch.testing.assert_close(cached, direct, rtol=1e-4, atol=1e-4)
+    assert 0 < len(module._embeddings) <= 3 * 5 * 6
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_test_metrics_equal_single_process(cli):
+    import csv
+
+    def last(run, key):
+        with open(run / "csv" / "metrics.csv") as fh:
+            return float([row[key] for row in csv.DictReader(fh) if row.get(key)][-1])
+
+    cli("fit", "--config", "configs/protonet/tiny.yaml", "--wandb", "false")
+    ckpt = str(cli.runs / "protonet" / "tiny" / "v0" / "checkpoints" / "last.ckpt")
+    tasks = ["--data.init_args.test_tasks", "[{way: 5, shot: 1, query: 5, episodes: 7}]"]  # odd: 4/3 per rank
+    cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", ckpt, *tasks,
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", timeout=900)
+    cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", ckpt, *tasks)
+    two, one = cli.runs / "protonet" / "tiny" / "v1", cli.runs / "protonet" / "tiny" / "v2"
+    for key in ("test/official_20way_1shot_acc", "test/5way_1shot_acc", "test/5way_1shot_ci95", "test/loss"):
+        assert last(two, key) == pytest.approx(last(one, key), rel=1e-5, abs=1e-7), key
