@@ -103,7 +103,9 @@ class LitPapersCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         cfg = self.config_init[self.subcommand]
         run_dir = self.run_dir
-        callbacks = list(kwargs.get("callbacks") or [])
+        # callbacks listed under `trainer.callbacks` in a config (kwargs["callbacks"] below would replace them)
+        configured = cfg.get("trainer", {}).get("callbacks") or []
+        callbacks = list(kwargs.get("callbacks") or []) + list(configured if isinstance(configured, list) else [configured])
         every = cfg.run.checkpoint_every_n_steps
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
