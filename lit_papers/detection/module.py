@@ -30,13 +30,15 @@ from torch import nn
 from torchvision.models.detection.transform import paste_masks_in_image
 
 from lit_papers.metrics.coco_eval import COCOEvaluator, summary_table, write_results
+from lit_papers.metrics.voc_eval import voc_map
 
 NONFINITE_FILE = "nonfinite_batch.json"
 
 
 class DetectionLitModule(L.LightningModule):
     def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None = None,
-                 mask_threshold: float = 0.5, write_results_json: bool = True) -> None:
+                 mask_threshold: float = 0.5, write_results_json: bool = True,
+                 reference_batch_size: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
@@ -111,6 +113,16 @@ class DetectionLitModule(L.LightningModule):
         for kind, values in stats.items():
             for name, value in values.items():
                 self.log(f"{stage}/{kind}_{name}", value, rank_zero_only=True, prog_bar=name == "AP50")
+        dataset = self.trainer.datamodule.eval_dataset(stage)
+        if hasattr(dataset, "voc_ground_truth"):  # PASCAL VOC: also the VOC metric (07 11-point and area)
+            detections: dict = {}
+            for r in evaluator.records:
+                x, y, w, h = r["bbox"]
+                detections.setdefault(r["category_id"], []).append((r["image_id"], r["score"], [x, y, x + w, y + h]))
+            gt = dataset.voc_ground_truth()
+            for metric, key in (("11point", "voc07_mAP"), ("area", "voc_mAP")):
+                value = voc_map(detections, gt, metric=metric, inclusive=False)["mAP"]
+                self.log(f"{stage}/{key}", value, rank_zero_only=True)
         if not self.trainer.sanity_checking:
             rank_zero_info(f"[{stage}] COCO AP on {len(evaluator.results)} images (step {self.global_step}):\n"
                            + summary_table(stats))
@@ -140,6 +152,31 @@ class DetectionLitModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
+        self._apply_linear_scaling(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def _apply_linear_scaling(self, optimizer) -> None:
+        """Linear scaling rule (Goyal et al. 2017, used by Detectron): the config's lr is for
+        ``reference_batch_size`` images per iteration (16 in the Mask R-CNN paper: 8 GPUs x 2); with B images per
+        iteration (per-device batch x devices x gradient accumulation) the lr becomes lr x B / reference, and the
+        message says so. The iteration counts of the schedule are not changed (scale them by reference / B for
+        the same number of epochs)."""
+        reference = self.hparams.reference_batch_size
+        if not reference or self._trainer is None:
+            return
+        trainer = self.trainer
+        per_device = getattr(trainer.datamodule, "batch_size", None)
+        if per_device is None:
+            return
+        total = per_device * trainer.world_size * trainer.accumulate_grad_batches
+        if total == reference:
+            return
+        factor = total / reference
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+            group["initial_lr"] = group["lr"]
+        rank_zero_info(f"[linear scaling rule] {total} images/iteration instead of {reference}: lr x {factor:g} = "
+                       f"{optimizer.param_groups[0]['lr']:g}; scale max_steps and milestones by {1 / factor:g} to keep "
+                       "the paper's number of epochs")
