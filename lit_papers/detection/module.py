@@ -68,7 +68,7 @@ class DetectionLitModule(L.LightningModule):
         folder = Path(self.trainer.default_root_dir if self._trainer is not None else ".")
         path = folder / (NONFINITE_FILE if self.global_rank == 0 else f"nonfinite_batch_rank{self.global_rank}.json")
         record = {"global_step": int(self.global_step), "image_ids": [int(t["image_id"]) for t in targets],
-                  "losses": {k: float(v) for k, v in losses.items()}}
+                  "losses": {k: float(v.detach()) for k, v in losses.items()}}
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(record, indent=2))
         os.replace(tmp, path)

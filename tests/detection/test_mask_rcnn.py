@@ -111,3 +111,14 @@ def test_tiny_config_end_to_end(cli, tmp_path):
     assert test.returncode == 0
     results = json.loads((cli.runs / "mask_rcnn" / "tiny" / "v1" / "coco_results_test.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)
+
+
+def test_linear_scaling_rule(capsys):
+    from types import SimpleNamespace
+
+    module = DetectionLitModule(model=_NaNModel(), optimizer=lambda p: torch.optim.SGD(p, lr=0.02),
+                                reference_batch_size=16)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=2), world_size=2, accumulate_grad_batches=1)
+    optimizer = module.optimizer_factory(module.parameters())
+    module._apply_linear_scaling(optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 4 / 16)
