@@ -117,8 +117,11 @@ class LitPapersCLI(LightningCLI):
         cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_cfg = {**(cfg.get("trainer") or {}), **kwargs}  # what the user configured (instantiated)
         run_dir = self.run_dir
-        callbacks = trainer_cfg.get("callbacks") or []
-        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        # callbacks listed under `trainer.callbacks` in a config plus any passed by the caller
+        callbacks = []
+        for source in ((cfg.get("trainer") or {}).get("callbacks"), kwargs.get("callbacks")):
+            if source:
+                callbacks += list(source) if isinstance(source, list | tuple) else [source]
         every = cfg.run.checkpoint_every_n_steps
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
