@@ -67,6 +67,10 @@ def test_killed_run_resumes_to_identical_weights(cli):
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resume"
     assert not (cli.runs / "interrupted" / "v1").exists()
+    # the resumed attempt appends to metrics.csv instead of replacing the first attempt's rows
+    with open(run / "csv" / "metrics.csv") as fh:
+        steps = [int(row["step"]) for row in csv.DictReader(fh) if row.get("train/loss")]
+    assert min(steps) < 6 <= max(steps), f"train/loss logged at steps {steps}"
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -29,3 +31,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class FinalLastCheckpoint(Callback):
+    """Writes ``last.ckpt`` when training ends if the newest checkpoint is older than the final step.
+
+    ``ModelCheckpoint(save_last=True)`` saves at validation or epoch ends only, so a run that stops at
+    ``max_steps`` between two validations would otherwise end with a ``last.ckpt`` from before its last steps
+    (and ``test`` on it would evaluate the wrong weights).
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.interrupted or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.save_last]
+        for ckpt in checkpoints:
+            if ckpt.dirpath is None or getattr(ckpt, "_last_global_step_saved", -1) == trainer.global_step:
+                continue
+            # every rank calls save_checkpoint (a collective under DDP); rank 0 writes
+            trainer.save_checkpoint(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
+            ckpt._last_global_step_saved = trainer.global_step

@@ -94,12 +94,33 @@ class ReproductionCard(L.Callback):
         self._fit_start: float | None = None
         self.git_commit = git_commit()  # the code that starts the run, not whatever HEAD is when it ends
 
+        # training evidence carried in checkpoints, so that a later `test --ckpt_path ...` (or a resumed run)
+        # reports the steps and fit time that produced the weights, not zeros
+        self._fit_seconds_before = 0.0
+        self._trained_steps: int | None = None
+
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.time()
 
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self._trained_steps = trainer.global_step
+
     def on_fit_end(self, trainer, pl_module) -> None:
         if self._fit_start is not None:
-            self.fit_seconds = time.time() - self._fit_start
+            self.fit_seconds = self._fit_seconds_before + time.time() - self._fit_start
+            self._trained_steps = trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        fit = self.fit_seconds
+        if fit is None and self._fit_start is not None:
+            fit = self._fit_seconds_before + time.time() - self._fit_start
+        return {"fit_time_s": fit, "global_step": self._trained_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._fit_seconds_before = float(state_dict.get("fit_time_s") or 0.0)
+        self._trained_steps = state_dict.get("global_step")
+        if self._fit_start is None:  # test/validate from a checkpoint: report what trained these weights
+            self.fit_seconds = state_dict.get("fit_time_s")
 
     def rows(self, trainer, pl_module) -> list[dict[str, Any]]:
         path = Path(self.card_path) if self.card_path else card_path_for(pl_module)
@@ -117,7 +138,7 @@ class ReproductionCard(L.Callback):
             "versions": versions(),
             "wall_time_s": round(time.time() - self.start_time, 1),
             "fit_time_s": None if self.fit_seconds is None else round(self.fit_seconds, 1),
-            "global_step": trainer.global_step,
+            "global_step": trainer.global_step or self._trained_steps or 0,
             "run_dir": self.run_dir,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
@@ -139,6 +160,7 @@ class ReproductionCard(L.Callback):
         if not rows:
             return
         run_dir = Path(self.run_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
         target = run_dir / RESULT_FILE
         tmp = target.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rows, indent=2))

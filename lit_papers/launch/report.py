@@ -62,6 +62,11 @@ def collect(papers_dir: Path = PAPERS_DIR) -> list[dict]:
     return rows
 
 
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def _fmt(value, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -76,7 +81,9 @@ def markdown(rows: list[dict]) -> str:
             ev = r["evidence"]
             hw = ev.get("hardware", {})
             device = ", ".join(hw.get("gpus", [])) or f"{hw.get('cpu_count', '?')}-core CPU"
-            evidence = f"seed {ev.get('seed')}, {device}, {ev.get('wall_time_s', '?')} s, [json]({ev['result_file']})"
+            fit = ev.get("fit_time_s")
+            took = f"{ev.get('global_step')} steps, fit {_duration(fit)}" if fit else f"{ev.get('wall_time_s', '?')} s"
+            evidence = f"seed {ev.get('seed')}, {device}, {took}, [json]({ev['result_file']})"
         source = r["source"].replace("|", "/")
         delta = "" if r["delta"] is None else f"{r['delta']:+.2f}"
         lines.append(f"| {r['paper']} | `{r['config']}` | {r['metric']} | {r['paper_value']:g} ({source}) | "

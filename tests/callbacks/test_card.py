@@ -8,8 +8,10 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_papers.callbacks.atomic_checkpoint import FinalLastCheckpoint
 from lit_papers.callbacks.card import ReproductionCard, compare, load_card
 from lit_papers.launch import report
 
@@ -42,6 +44,36 @@ class _Constant(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self.log("test/error", torch.tensor(0.1))
+
+
+class _Trainable(_Constant):
+    def training_step(self, batch, batch_idx):
+        return (self.w - 1).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_test_from_checkpoint_reports_the_training_that_made_it(tmp_path):
+    """max_steps between validations still ends with last.ckpt at the final step, and a later `test` on it
+    reports that run's steps and fit time (carried in the checkpoint), not 0."""
+    card = tmp_path / "card.yaml"
+    card.write_text(yaml.safe_dump({"paper": "Toy", "results": [
+        {"variant": "toy", "metric": "test/error", "value": 8.0, "source": "Table 1"}]}))
+    data = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=0)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, enable_model_summary=False,
+                        callbacks=[ckpt, FinalLastCheckpoint(), ReproductionCard(card_path=str(card), variant="toy")])
+    trainer.fit(_Trainable(), data)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+    tester = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "test",
+                       callbacks=[ReproductionCard(run_dir=str(tmp_path / "test"), card_path=str(card), variant="toy")])
+    tester.test(_Trainable(), data, ckpt_path=str(last), verbose=False)
+    evidence = json.loads((tmp_path / "test" / "card_result.json").read_text())[0]["evidence"]
+    assert evidence["global_step"] == 3
+    assert evidence["fit_time_s"] is not None and evidence["fit_time_s"] >= 0
 
 
 def test_callback_writes_json_with_evidence(tmp_path):
