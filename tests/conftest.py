@@ -20,6 +20,7 @@ if not os.environ.get("LIT_PAPERS_DATA") and _default.is_dir():
     os.environ["LIT_PAPERS_DATA"] = str(_default)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download (timm weights): fail fast instead of retrying
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,19 @@ def test_every_config_parses_and_builds(config, tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_PAPERS_RUNS", str(tmp_path))
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     monkeypatch.chdir(REPO)
+    # faithful detection configs ask for ImageNet weights (pretrained: true); tests download nothing, so the
+    # backbone is built with random init and the request is recorded instead
+    import timm
+
+    from lit_papers.backbones import timm_backbone
+
+    asked, create_model = [], timm.create_model
+
+    def offline_create_model(name, *args, pretrained=False, **kwargs):
+        asked.append(pretrained)
+        return create_model(name, *args, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm_backbone.timm, "create_model", offline_create_model)
     try:
         cli = LitPapersCLI(args=["--config", str(config), "--wandb", "false", "--trainer.logger", "false"], run=False)
     finally:

@@ -41,8 +41,17 @@ class TimmBackbone(nn.Module):
                  freeze_at: int = 0) -> None:
         super().__init__()
         kwargs = {"checkpoint_path": checkpoint_path} if checkpoint_path else {}
-        self.body = timm.create_model(name, pretrained=pretrained, features_only=True,
-                                      out_indices=tuple(out_indices), **kwargs)
+        try:
+            self.body = timm.create_model(name, pretrained=pretrained, features_only=True,
+                                          out_indices=tuple(out_indices), **kwargs)
+        except (OSError, RuntimeError) as err:
+            if not pretrained:
+                raise
+            raise RuntimeError(
+                f"could not load the ImageNet weights of timm model {name!r} ({type(err).__name__}: {err}). "
+                "timm fetches them from the Hugging Face hub into ~/.cache/huggingface (HF_HOME). Without network: "
+                "copy that cache from a machine that has it, or set `checkpoint_path:` to a local weights file, "
+                "or `pretrained: false` to start from random init.") from err
         info = self.body.feature_info
         self.out_channels = list(info.channels())
         self.strides = list(info.reduction())

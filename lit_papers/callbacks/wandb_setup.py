@@ -44,7 +44,7 @@ def wandb_run_id(run_dir: Path) -> str:
     run_id = agent_id or uuid.uuid4().hex[:12]
     # Every srun-launched DDP rank builds the logger: the first to publish its id wins (link() is atomic and
     # fails if the file exists), the others read that id, so a requeued job finds the id rank 0 used.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")  # unique per process and thread
     tmp.write_text(run_id + "\n")
     try:
         os.link(tmp, path)

@@ -107,12 +107,13 @@ def _job_name(command: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if "--" not in argv:
+    if "--" not in argv and not {"-h", "--help"} & set(argv):
         print("usage: lit-papers slurm [options] -- fit --config configs/<paper>/<variant>.yaml [...]", file=sys.stderr)
         return 2
-    cut = argv.index("--")
+    cut = argv.index("--") if "--" in argv else len(argv)
     argv, inner = argv[:cut], argv[cut + 1 :]
-    parser = argparse.ArgumentParser(prog="lit-papers slurm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lit-papers slurm", description=__doc__.split("\n\n")[0],
+                                     usage="lit-papers slurm [options] -- <fit|validate|test|predict|sweep|wandb> ...")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=0, help="GPUs (= tasks = devices) per node")
     parser.add_argument("--ntasks-per-node", type=int, default=1, help="tasks (= devices) per node without GPUs")
@@ -137,12 +138,17 @@ def main(argv: list[str]) -> int:
     out_dir = runs.runs_root().resolve() / "slurm"
     script = render(opts, command, log_dir=out_dir / "logs", workdir=Path.cwd())
     if opts.dry_run:
-        print(script, end="")
+        print(script.rstrip("\n"))
         return 0
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{opts.job_name or _job_name(command)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sbatch"
     path.write_text(script)
-    proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+    except FileNotFoundError:
+        print(f"error: `sbatch` is not on PATH (not a Slurm login node?). The script is saved at {path}; "
+              "submit it with `sbatch` where Slurm is installed, or use --dry-run to print it.", file=sys.stderr)
+        return 127
     if proc.returncode != 0:
         print(f"error: sbatch {path} failed ({proc.returncode}): {proc.stderr.strip()}", file=sys.stderr)
         return proc.returncode

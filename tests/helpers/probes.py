@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +38,17 @@ class KillAtStep(L.Callback):
         step = os.environ.get("KILL_AT_STEP")
         if step is not None and trainer.global_step == int(step):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SlowSteps(L.Callback):
+    """Marks the start of training with the file ``$PROBE_STARTED`` and sleeps ``$PROBE_STEP_S`` seconds after
+    every step, so that a test can signal a run while it is certainly mid-training."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        started = os.environ.get("PROBE_STARTED")
+        if started:
+            Path(started).touch()
+        time.sleep(float(os.environ.get("PROBE_STEP_S", "0")))
 
 
 class CaptureLoggerConfig(L.Callback):

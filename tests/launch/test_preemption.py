@@ -78,15 +78,16 @@ def _env(runs_root: Path) -> dict:
 def test_sigusr1_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     run_dir = tmp_path / "runs/resnet_cifar/tiny/v0"
     log = tmp_path / "first.log"
+    started = tmp_path / "started"
+    # the probe slows each step to 0.5 s and marks the first one, so the signal lands mid-training
+    slow = {"PROBE_STARTED": str(started), "PROBE_STEP_S": "0.5"}
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "lit_papers", *SHORT], cwd=REPO, env=_env(tmp_path / "runs"),
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "lit_papers", *SHORT,
+                                 "--trainer.callbacks+=tests.helpers.probes.SlowSteps"],
+                                cwd=REPO, env={**_env(tmp_path / "runs"), **slow}, stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:  # signal once training has started
-            if re.search(r"\| Params|Training|Epoch 0", log.read_text()) or (run_dir / "csv").is_dir():
-                break
-            time.sleep(0.2)
-        time.sleep(1.0)
+        while time.time() < deadline and proc.poll() is None and not started.exists():
+            time.sleep(0.05)
         proc.send_signal(signal.SIGUSR1)
         proc.wait(timeout=300)
     out = log.read_text()
