@@ -9,7 +9,8 @@ checkpoint and ``last.ckpt``).
 
 Extra subcommands handled before LightningCLI: ``report`` (paper table from reproduction cards), ``sweep`` (local
 W&B sweep runner, :mod:`lit_papers.launch.sweep`), ``slurm`` (sbatch rendering/submission,
-:mod:`lit_papers.launch.slurm`). ``fit`` checkpoints and stops on SIGUSR1 (:mod:`lit_papers.launch.preemption`).
+:mod:`lit_papers.launch.slurm`), ``retarget`` (Aberman et al. 2019 motion retargeting with a trained run,
+:mod:`lit_papers.papers.motion_retarget.retarget`). ``fit`` checkpoints and stops on SIGUSR1 (:mod:`lit_papers.launch.preemption`).
 Nothing imports this module.
 """
 
@@ -26,10 +27,11 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 
-from lit_papers.callbacks.atomic_checkpoint import AtomicCheckpointIO
+from lit_papers.callbacks.atomic_checkpoint import AtomicCheckpointIO, FinalLastCheckpoint
 from lit_papers.callbacks.card import ReproductionCard
+from lit_papers.callbacks.csv_resume import ResumableCSVLogger
 from lit_papers.callbacks.wandb_setup import make_wandb_logger
 from lit_papers.launch import run_dir as runs
 from lit_papers.launch.preemption import PreemptionCheckpoint
@@ -128,7 +130,8 @@ class LitPapersCLI(LightningCLI):
                                              every_n_train_steps=every or None, save_top_k=0 if every else 1))
         logger_cfg = trainer_cfg.get("logger")
         if logger_cfg is None or logger_cfg is True:
-            loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="csv")]
+            resuming = self.subcommand == "fit" and cfg.get("ckpt_path") is not None
+            loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv", append=resuming)]
             if cfg.wandb:
                 loggers.append(make_wandb_logger(run_dir, name=f"{self.experiment}/{run_dir.name}"))
             kwargs["logger"] = loggers
@@ -137,6 +140,7 @@ class LitPapersCLI(LightningCLI):
         if kwargs["logger"] and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":
+            callbacks.append(FinalLastCheckpoint())
             callbacks.append(PreemptionCheckpoint(run_dir))
             callbacks.extend(sweep_trial_callbacks())
         callbacks.append(ReproductionCard(run_dir=str(run_dir), variant=self.variant, config_paths=self.config_paths,
@@ -174,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
         from lit_papers.launch import slurm, sweep
 
         raise SystemExit({"sweep": sweep.main, "slurm": slurm.main}[argv[0]](argv[1:]))
+    if argv and argv[0] == "retarget":  # Aberman et al. 2019: retarget a 2D clip with a trained checkpoint
+        from lit_papers.papers.motion_retarget.retarget import main as retarget_main
+
+        raise SystemExit(retarget_main(argv[1:]))
     previous = os.environ.get(runs.RUN_DIR_ENV)
     try:
         LitPapersCLI(args=argv if explicit else None)

@@ -175,14 +175,14 @@ def test_tiny_fit_test_and_retarget(cli, shared_data, tmp_path, monkeypatch):
     proc = cli("test", "--config", "configs/motion_retarget/tiny.yaml", "--wandb", "false", "--ckpt_path", str(ckpt),
                env=env)
     assert "test/retrieval_top1" in proc.stdout + proc.stderr
-    # the retarget command in-process (its dispatch, lit-papers retarget, is main(argv))
+    # `lit-papers retarget` through the console entry point, then in-process for the other cases
+    out = tmp_path / "retarget"
+    base = ["--run", str(run)]
+    cli("retarget", *base, "--source", str(shared_data / "mixamo" / "examples" / "tall_man"),
+        "--target", "test/Giant/walk_t00", "--target-view", "30", "--out", str(out), env=env)
     from lit_papers.papers.motion_retarget.retarget import main as retarget
 
     monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])  # where the run's synthetic data lies
-    out = tmp_path / "retarget"
-    base = ["--run", str(run)]
-    assert retarget([*base, "--source", str(shared_data / "mixamo" / "examples" / "tall_man"),
-                     "--target", "test/Giant/walk_t00", "--target-view", "30", "--out", str(out)]) == 0
     result = np.load(out / "retargeted.npy")
     assert result.shape == (15, 2, 120) and np.isfinite(result).all()
     gif = Image.open(out / "retarget.gif")
