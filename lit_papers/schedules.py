@@ -50,3 +50,11 @@ class WarmupMultiStepLR(LRScheduler):
             alpha = step / self.warmup_steps
             return scale * (self.warmup_factor * (1 - alpha) + alpha)
         return scale
+
+
+def optimizer_config(optimizer, scheduler_factory=None, interval: str = "step"):
+    """What ``configure_optimizers`` returns for an injected optimizer and optional scheduler factory: the
+    optimizer alone, or with its scheduler stepped every optimizer ``step`` (or every ``epoch``)."""
+    if scheduler_factory is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_factory(optimizer), "interval": interval}}

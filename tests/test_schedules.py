@@ -35,3 +35,13 @@ def test_linear_warmup_and_validation():
     assert lrs == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
     with pytest.raises(ValueError):
         _lrs(1, milestones=[5, 3])
+
+
+def test_optimizer_config_steps_per_interval():
+    from lit_papers.schedules import optimizer_config
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert optimizer_config(opt) is opt
+    cfg = optimizer_config(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, 2), interval="epoch")
+    assert cfg["optimizer"] is opt and cfg["lr_scheduler"]["interval"] == "epoch"
+    assert cfg["lr_scheduler"]["scheduler"].optimizer is opt

@@ -31,6 +31,7 @@ from torchvision.models.detection.transform import paste_masks_in_image
 
 from lit_papers.metrics.coco_eval import COCOEvaluator, summary_table, write_results
 from lit_papers.metrics.voc_eval import voc_map
+from lit_papers.schedules import optimizer_config
 
 NONFINITE_FILE = "nonfinite_batch.json"
 
@@ -153,9 +154,7 @@ class DetectionLitModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         self._apply_linear_scaling(optimizer)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return optimizer_config(optimizer, self.scheduler_factory)
 
     def _apply_linear_scaling(self, optimizer) -> None:
         """Linear scaling rule (Goyal et al. 2017, used by Detectron): the config's lr is for

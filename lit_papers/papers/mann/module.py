@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from lit_papers.schedules import optimizer_config
+
 REPORTED = (1, 2, 3, 5, 10)
 
 
@@ -99,8 +101,4 @@ class MANNLitModule(L.LightningModule):
         self._end("test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return optimizer_config(self.optimizer_factory(self.parameters()), self.scheduler_factory)

@@ -32,6 +32,7 @@ from torchmetrics import MeanMetric
 
 from lit_papers.ops.motion2d import ROOT, postprocess_torch
 from lit_papers.papers.motion_retarget.model import RetargetNet, foot_velocity, triplet_loss
+from lit_papers.schedules import optimizer_config
 
 
 class MotionRetargetLitModule(L.LightningModule):
@@ -153,12 +154,9 @@ class MotionRetargetLitModule(L.LightningModule):
         self._finish("test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
         # the official code decays the learning rate once per epoch (ExponentialLR(0.99))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                         "interval": self.hparams.scheduler_interval}}
+        return optimizer_config(self.optimizer_factory(self.parameters()), self.scheduler_factory,
+                                interval=self.hparams.scheduler_interval)
 
 
 def retrieval_top1(codes: torch.Tensor, motion: torch.Tensor, animation: torch.Tensor,

@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_papers.metrics.fewshot import episode_moments, moments_ci95
+from lit_papers.schedules import optimizer_config
 
 
 def task_names(loaders) -> list[str]:
@@ -123,8 +124,4 @@ class ProtoNetLitModule(L.LightningModule):
         self._end("test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return optimizer_config(self.optimizer_factory(self.parameters()), self.scheduler_factory)

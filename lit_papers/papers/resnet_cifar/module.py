@@ -16,6 +16,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_papers.schedules import optimizer_config
+
 
 class ResNetCifarLitModule(L.LightningModule):
     def __init__(
@@ -76,7 +78,4 @@ class ResNetCifarLitModule(L.LightningModule):
         return {"probs": probs, "label": probs.argmax(dim=-1)}
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return optimizer_config(self.optimizer_factory(self.parameters()), self.scheduler_factory)
