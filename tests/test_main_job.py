@@ -1,15 +1,41 @@
-"""README command 1 (the main job), scaled down: generated data in the official CIFAR format, trained and tested
-through the real CLI with a fresh data root (no download, no ../shared)."""
+"""README command 1 (the main job: Mask R-CNN on generated shapes in the COCO format) and the ResNet job on generated
+CIFAR-format data, scaled down, through the real CLI with a fresh data root (no download, no ../shared)."""
 
 from __future__ import annotations
 
 import csv
+import json
+import re
 import subprocess
 import sys
+
+from PIL import Image
 
 from lit_papers.data.cifar import load_cifar
 from lit_papers.launch import report
 from tests.conftest import REPO
+
+
+def test_readme_command_1_is_the_shapes_main_job_and_runs_scaled_down(cli, tmp_path):
+    readme = (REPO / "README.md").read_text()
+    first = re.search(r"```bash\n(.*?)```", readme.split("## Quick start", 1)[1], re.S).group(1)
+    assert "pip install -e" in first and "lit-papers fit --config configs/mask_rcnn/shapes.yaml" in first
+    data = tmp_path / "data"
+    proc = cli("fit", "--config", "configs/mask_rcnn/shapes.yaml", "--wandb", "false",
+               "--data.init_args.num_train", "16", "--data.init_args.num_val", "4", "--data.init_args.batch_size", "4",
+               "--data.init_args.eval_batch_size", "4", "--data.init_args.num_workers", "0",
+               "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", env={"LIT_PAPERS_DATA": str(data)})
+    coco = json.loads((data / "coco" / "shapes" / "annotations" / "instances_val2017.json").read_text())
+    assert len(coco["images"]) == 4 and {c["name"] for c in coco["categories"]} == {"circle", "square", "triangle"}
+    assert all(a["segmentation"] for a in coco["annotations"])  # polygon masks
+    run = cli.runs / "mask_rcnn" / "shapes" / "v0"
+    out = proc.stdout + proc.stderr
+    assert "COCO AP on 4 images" in out
+    with open(run / "csv" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert any(r.get("val/segm_AP50") for r in rows) and any(r.get("val/bbox_AP50") for r in rows)
+    picture = Image.open(run / "predictions_val.png")
+    assert picture.width >= 128 and picture.height >= 128
 
 
 def test_main_job_runs_on_generated_data(cli, tmp_path):
@@ -36,8 +62,6 @@ def test_readme_paper_table_is_current():
 def test_report_json_lists_rows_with_evidence():
     out = subprocess.run([sys.executable, "-m", "lit_papers", "report", "--json"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
-    import json
-
     rows = json.loads(out)
     assert {"paper", "variant", "metric", "paper_value", "ours", "delta", "pass", "evidence"} <= set(rows[0])
     kept = [r for r in rows if r["ours"] is not None]
