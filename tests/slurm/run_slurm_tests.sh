@@ -211,11 +211,14 @@ EOF
 
 requeue() {
   [[ -n "$DDP_JOB" ]] || { log "needs the ddp2 run as the uninterrupted reference"; return 1; }
-  local job out
-  job=$("$PY" -m lit_papers slurm --nodes 2 --job-name requeue -- "${TINY[@]}") || return 1
+  local job out started="$T/requeue-started"
+  # a probe marks the first training step (a file) and slows every step to 0.5 s, so the signal certainly lands
+  # mid-training, however fast the machine (12 tiny steps otherwise take ~2 s); weights are unaffected
+  job=$(PROBE_STARTED="$started" PROBE_STEP_S=0.5 "$PY" -m lit_papers slurm --nodes 2 --job-name requeue -- \
+        "${TINY[@]}" "--trainer.callbacks+=tests.helpers.probes.SlowSteps") || return 1
   out="$LOGS/requeue-$job.out"
-  for _ in $(seq 300); do grep -q "Training" "$out" 2>/dev/null && break; sleep 1; done
-  sleep 3
+  for _ in $(seq 600); do [[ -e "$started" ]] && break; sleep 0.5; done
+  [[ -e "$started" ]] || { log "training never started"; return 1; }
   log "scancel --signal=USR1 $job"
   scancel --signal=USR1 "$job" || return 1
   for _ in $(seq 120); do  # requeued jobs wait ~2 min (BeginTime); start it now
