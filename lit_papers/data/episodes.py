@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
+
+from lit_papers.ops.affine import random_affine
 
 
 @dataclass(frozen=True)
@@ -183,18 +184,6 @@ class EpisodeImages:
                 "query_labels": query_labels.contiguous(), "classes": torch.from_numpy(episode.classes), "task": task,
                 "support_keys": support_keys.contiguous(), "query_keys": query_keys.contiguous(),
                 "augmented": self.augment is not None}
-
-
-def random_affine(x: torch.Tensor, max_degrees: float, max_shift: float, *, generator: torch.Generator) -> torch.Tensor:
-    """Rotate each image of ``x`` (M, 1, S, S) by U(-max_degrees, max_degrees) and shift it by U(-max_shift,
-    max_shift) pixels in x and y (bilinear, zero = background outside)."""
-    m, size = x.shape[0], x.shape[-1]
-    angle = (torch.rand(m, generator=generator) * 2 - 1) * math.radians(max_degrees)
-    shift = (torch.rand(m, 2, generator=generator) * 2 - 1) * (2.0 * max_shift / size)  # normalised coordinates
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (M, S, S, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class TrainEpisodes(Dataset):
