@@ -27,9 +27,16 @@ def cosine_similarity(keys: torch.Tensor, memory: torch.Tensor, eps: float = 1e-
     return dot / norms.clamp_min(eps)
 
 
-def content_address(keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """Read weights: softmax over slots of the cosine similarity (eq. 3). -> (B, H, S), each row sums to 1."""
-    return torch.softmax(cosine_similarity(keys, memory), dim=-1)
+def content_address(keys: torch.Tensor, memory: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
+    """Read weights: softmax over slots of the cosine similarity (eq. 3). -> (B, H, S), each row sums to 1.
+
+    ``strength`` (B, H), optional: the NTM's key strength beta (Graves et al. 2014, eq. 5) multiplying the
+    similarities before the softmax; the MANN paper's eq. 3 has none (beta = 1).
+    """
+    similarity = cosine_similarity(keys, memory)  # (B, H, S)
+    if strength is not None:
+        similarity = similarity * strength.unsqueeze(-1)
+    return torch.softmax(similarity, dim=-1)
 
 
 def read(weights: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -73,16 +80,18 @@ def update_usage(usage: torch.Tensor, read_weights: torch.Tensor, write_weights_
 
 
 def lrua_step(memory: torch.Tensor, usage: torch.Tensor, prev_read: torch.Tensor, keys: torch.Tensor,
-              gate_logit: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              gate_logit: torch.Tensor, gamma: float, *, values: torch.Tensor | None = None,
+              strength: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LRUA write-then-read step. Returns (read vectors (B, H, W), memory, usage, read weights (B, H, S)).
 
     The write uses the previous step's read weights and least-used slots (eq. 7); the read uses the new key on
-    the updated memory.
+    the updated memory. The paper writes the key itself (eq. 8); ``values`` (B, H, W), optional, writes separate
+    vectors instead (the NTM's add vectors). ``strength`` (B, H), optional: key strength of the read.
     """
     n = keys.shape[1]
     w_write = write_weights(gate_logit, prev_read, least_used(usage, n))  # (B, H, S)
-    memory = write(clear_least_used(memory, usage), w_write, keys)  # (B, S, W)
-    w_read = content_address(keys, memory)  # (B, H, S)
+    memory = write(clear_least_used(memory, usage), w_write, keys if values is None else values)  # (B, S, W)
+    w_read = content_address(keys, memory, strength)  # (B, H, S)
     usage = update_usage(usage, w_read, w_write, gamma)  # (B, S)
     return read(w_read, memory), memory, usage, w_read
 

@@ -76,3 +76,26 @@ def test_gradients_flow_through_reads_to_keys_gates_and_memory():
     r.pow(2).sum().backward()
     for t in (memory, keys, gate):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_key_strength_scales_the_similarities_before_the_softmax():
+    g = torch.Generator().manual_seed(2)
+    keys, memory = torch.randn(2, 3, 5, generator=g), torch.randn(2, 7, 5, generator=g)
+    cos = F.cosine_similarity(keys.unsqueeze(2), memory.unsqueeze(1), dim=-1)  # (2, 3, 7)
+    beta = torch.tensor([[1.0, 4.0, 50.0], [2.0, 0.5, 1.0]])
+    w = lrua.content_address(keys, memory, beta)
+    torch.testing.assert_close(w, torch.softmax(cos * beta.unsqueeze(-1), -1))
+    torch.testing.assert_close(lrua.content_address(keys, memory, torch.ones(2, 3)), lrua.content_address(keys, memory))
+    assert (w[0, 2].max() > 0.99) and (w[0, 2].argmax() == cos[0, 2].argmax())  # large beta -> nearly one-hot
+
+
+def test_step_with_separate_values_writes_the_value_and_reads_with_the_key():
+    memory = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])
+    usage = torch.tensor([[0.5, 0.4, 0.1]])
+    prev_read = torch.tensor([[[1.0, 0.0, 0.0]]])
+    key, value = torch.tensor([[[0.0, 1.0]]]), torch.tensor([[[3.0, -2.0]]])
+    r, new_memory, _, w = lrua.lrua_step(memory, usage, prev_read, key, torch.tensor([[-50.0]]), 0.95, values=value,
+                                         strength=torch.tensor([[100.0]]))
+    torch.testing.assert_close(new_memory[0, 2], value[0, 0])  # the value, not the key, fills the cleared slot
+    assert w[0, 0].argmax() == 1  # the key matches slot 1 = (0, 1), not the slot just written
+    torch.testing.assert_close(r[0, 0], memory[0, 1], atol=1e-3, rtol=0)

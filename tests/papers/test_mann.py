@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lit_papers.papers.mann.model import LSTMBaseline, MemoryAugmentedNetwork, shifted_one_hot
@@ -20,9 +21,9 @@ def test_instance_numbers():
 
 def test_prediction_at_t_never_sees_the_label_of_t():
     torch.manual_seed(0)
-    for model in (MemoryAugmentedNetwork(input_size=16, num_classes=3, hidden_size=8, memory_slots=6,
-                                         memory_width=4, read_heads=2), LSTMBaseline(input_size=16, num_classes=3,
-                                                                                     hidden_size=8)):
+    mann = dict(input_size=16, num_classes=3, hidden_size=8, memory_slots=6, memory_width=4, read_heads=2)
+    for model in (MemoryAugmentedNetwork(**mann), MemoryAugmentedNetwork(**mann, separate_values=True, key_strength=True),
+                  LSTMBaseline(input_size=16, num_classes=3, hidden_size=8)):
         x = torch.rand(2, 5, 1, 4, 4)
         y = torch.randint(0, 3, (2, 5))
         y2 = y.clone()
@@ -32,11 +33,15 @@ def test_prediction_at_t_never_sees_the_label_of_t():
         assert not torch.allclose(a[:, 4], b[:, 4])  # step 4 sees it
 
 
-def test_every_mann_parameter_gets_a_gradient():
+@pytest.mark.parametrize("options", [{}, {"separate_values": True, "key_strength": True}])
+def test_every_mann_parameter_gets_a_gradient(options):
+    torch.manual_seed(0)
     model = MemoryAugmentedNetwork(input_size=16, num_classes=3, hidden_size=8, memory_slots=6, memory_width=4,
-                                   read_heads=2)
+                                   read_heads=2, **options)
     x, y = torch.rand(2, 6, 1, 4, 4), torch.randint(0, 3, (2, 6))
     torch.nn.functional.cross_entropy(model(x, y).transpose(1, 2), y).backward()
+    names = {name for name, _ in model.named_parameters()}
+    assert ("value.weight" in names) == bool(options) and ("strength.weight" in names) == bool(options)
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 

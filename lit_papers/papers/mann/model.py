@@ -33,10 +33,16 @@ class MemoryAugmentedNetwork(nn.Module):
     Args: ``input_size`` flattened image size (20 x 20 = 400); ``num_classes`` labels per episode (5);
     ``hidden_size`` controller units (200); ``memory_slots`` x ``memory_width`` (128 x 40); ``read_heads`` (4);
     ``gamma`` usage decay (eq. 5).
+
+    Two options that are not in the paper (both off = the paper): ``separate_values`` writes a second vector
+    a_t = tanh(W_a h_t) instead of the key k_t (the NTM's add vector; with one vector, the read at step t finds
+    the key it has just written); ``key_strength`` sharpens the read softmax by beta_t = 1 + softplus(w_b h_t)
+    per head (the NTM's content addressing; with beta = 1 no slot can get more than e^2 times another's weight).
     """
 
     def __init__(self, *, input_size: int = 400, num_classes: int = 5, hidden_size: int = 200,
-                 memory_slots: int = 128, memory_width: int = 40, read_heads: int = 4, gamma: float = 0.95) -> None:
+                 memory_slots: int = 128, memory_width: int = 40, read_heads: int = 4, gamma: float = 0.95,
+                 separate_values: bool = False, key_strength: bool = False) -> None:
         super().__init__()
         self.num_classes, self.slots, self.width, self.heads, self.gamma = (
             num_classes, memory_slots, memory_width, read_heads, gamma)
@@ -44,6 +50,8 @@ class MemoryAugmentedNetwork(nn.Module):
         self.key = nn.Linear(hidden_size, read_heads * memory_width)  # k_t per head (tanh)
         self.gate = nn.Linear(hidden_size, read_heads)  # alpha_t per head (eq. 7)
         self.output = nn.Linear(hidden_size + read_heads * memory_width, num_classes)
+        self.value = nn.Linear(hidden_size, read_heads * memory_width) if separate_values else None  # a_t per head
+        self.strength = nn.Linear(hidden_size, read_heads) if key_strength else None  # beta_t per head
 
     def initial_state(self, batch: int, device: torch.device) -> dict:
         first_slot = torch.zeros(batch, self.heads, self.slots, device=device)
@@ -67,7 +75,10 @@ class MemoryAugmentedNetwork(nn.Module):
         for step in range(t):
             h, c = self.controller(torch.cat([x[:, step], reads], dim=-1), (h, c))
             keys = torch.tanh(self.key(h)).view(b, self.heads, self.width)  # (B, H, W)
-            r, memory, usage, w_read = lrua_step(memory, usage, w_read, keys, self.gate(h), self.gamma)
+            values = None if self.value is None else torch.tanh(self.value(h)).view(b, self.heads, self.width)
+            strength = None if self.strength is None else 1 + F.softplus(self.strength(h))  # (B, H)
+            r, memory, usage, w_read = lrua_step(memory, usage, w_read, keys, self.gate(h), self.gamma,
+                                                 values=values, strength=strength)
             reads = r.reshape(b, self.heads * self.width)  # (B, H*W)
             outputs.append(self.output(torch.cat([h, reads], dim=-1)))
         return torch.stack(outputs, dim=1)  # (B, T, C)
