@@ -89,3 +89,41 @@ def test_ddp_test_metrics_equal_single_process(cli):
     two, one = cli.runs / "protonet" / "tiny" / "v1", cli.runs / "protonet" / "tiny" / "v2"
     for key in ("test/official_20way_1shot_acc", "test/5way_1shot_acc", "test/5way_1shot_ci95", "test/loss"):
         assert last(two, key) == pytest.approx(last(one, key), rel=1e-5, abs=1e-7), key
+
+
+def test_test_time_augment_is_the_mean_embedding_over_fixed_warps(shared_data):
+    from lit_papers.data.episodes import EpisodeTask
+    from lit_papers.data.omniglot import OmniglotDataModule
+    from lit_papers.ops.affine import affine_warp, random_affine_params
+    from lit_papers.papers.protonet.module import ProtoNetLitModule
+
+    torch.manual_seed(0)
+    net = PrototypicalNetwork(encoder=Conv4(width=8)).eval()
+    plain = ProtoNetLitModule(model=net, optimizer=torch.optim.Adam).eval()
+    still = ProtoNetLitModule(model=net, optimizer=torch.optim.Adam, test_time_augment=(3, 0.0, 0.0)).eval()
+    tta = ProtoNetLitModule(model=net, optimizer=torch.optim.Adam, test_time_augment=(4, 15.0, 1.5)).eval()
+    images = torch.rand(2, 3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(still.eval_embed(images), plain.eval_embed(images))  # identity warps: no change
+        angles, shifts = random_affine_params(4, 15.0, 1.5, generator=torch.Generator().manual_seed(0))
+        flat = images.flatten(0, 1)
+        slow = [net.embed(images)] + [net.embed(affine_warp(flat, a.repeat(6), s.repeat(6, 1)).view_as(images))
+                                      for a, s in zip(angles, shifts)]  # one copy of each transform per image
+        torch.testing.assert_close(tta.eval_embed(images), torch.stack(slow).mean(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tta.eval_embed(images), tta.eval_embed(images))  # deterministic
+        assert not torch.allclose(tta.eval_embed(images), plain.eval_embed(images), atol=1e-4)
+
+        # both evaluation paths (cached per drawing, and per episode as for the official runs) agree under TTA
+        dm = OmniglotDataModule(root=str(shared_data), test_size=8, official_runs=False,
+                                test_tasks=[EpisodeTask(5, 1, 5, 2)])
+        dm.setup("test")
+        batch = dm.test_dataloader()[0].dataset[0]
+        tta._embeddings = {}
+        way = batch["classes"].shape[1]
+        cached = net.classify(tta._cached_embed(batch["support"], batch["support_keys"]), batch["support_labels"],
+                              tta._cached_embed(batch["query"], batch["query_keys"]), way)
+        direct = net.classify(tta.eval_embed(batch["support"]), batch["support_labels"], tta.eval_embed(batch["query"]),
+                              way)
+        torch.testing.assert_close(cached, direct, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="test_time_augment"):
+        ProtoNetLitModule(model=net, optimizer=torch.optim.Adam, test_time_augment=(0, 10.0, 1.0))

@@ -7,6 +7,11 @@ Evaluation: every val/test dataloader is one task (its batches carry ``task``: `
 ``official_20way_1shot``); per-episode accuracies are accumulated as (n, sum, sum of squares), summed over DDP
 ranks, and logged as ``<stage>/<task>_acc`` (mean, fraction) and ``<stage>/<task>_ci95`` (95% half-width), plus
 ``<stage>/loss`` (mean query cross-entropy over all episodes).
+
+Optional, not in the paper: ``test_time_augment`` = (copies, max degrees, max shift px) embeds every evaluation
+image (support and query alike) as the mean embedding of the image and ``copies`` rotated/shifted versions of it.
+The transforms are one fixed set drawn from a fixed seed, so an evaluation is deterministic and the same for every
+episode, rank and batch order. Training is unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_papers.metrics.fewshot import episode_moments, moments_ci95
+from lit_papers.ops.affine import affine_warp, random_affine_params
 from lit_papers.schedules import optimizer_config
 
 
@@ -31,8 +37,14 @@ def task_names(loaders) -> list[str]:
 
 class ProtoNetLitModule(L.LightningModule):
     def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable,
-                 scheduler: LRSchedulerCallable | None = None) -> None:
+                 scheduler: LRSchedulerCallable | None = None,
+                 test_time_augment: tuple[int, float, float] | None = None) -> None:
         super().__init__()
+        if test_time_augment is not None:
+            copies, degrees, shift = test_time_augment
+            if int(copies) != copies or copies < 1 or degrees < 0 or shift < 0:
+                raise ValueError(f"test_time_augment must be (copies >= 1, max degrees >= 0, max shift px >= 0), "
+                                 f"got {test_time_augment}")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
         self.optimizer_factory = optimizer
@@ -59,6 +71,20 @@ class ProtoNetLitModule(L.LightningModule):
         self._moments = {name: torch.zeros(4, dtype=torch.float64) for name in task_names(loaders)}
         self._embeddings = {}
 
+    def eval_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Evaluation embeddings (B, M, D) of images (B, M, C, H, W): the model's, or with ``test_time_augment`` the
+        mean over the image and its fixed set of warped copies."""
+        if self.hparams.test_time_augment is None:
+            return self.model.embed(images)
+        copies, degrees, shift = self.hparams.test_time_augment
+        angles, shifts = random_affine_params(int(copies), degrees, shift, generator=torch.Generator().manual_seed(0))
+        flat = images.flatten(0, 1)  # (B*M, C, H, W)
+        total = self.model.embed(images)  # (B, M, D)
+        for angle, offset in zip(angles, shifts):
+            warped = affine_warp(flat, angle.expand(len(flat)).to(flat), offset.expand(len(flat), 2).to(flat))
+            total = total + self.model.embed(warped.view_as(images))
+        return total / (int(copies) + 1)
+
     def _cached_embed(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, M, D) of images (B, M, C, H, W), each distinct key embedded once per eval epoch.
 
@@ -72,7 +98,7 @@ class ProtoNetLitModule(L.LightningModule):
                 new[key] = i
         if new:
             rows = torch.tensor(list(new.values()), device=images.device)
-            z = self.model.embed(images.flatten(0, 1)[rows].unsqueeze(0))[0]  # (U, D)
+            z = self.eval_embed(images.flatten(0, 1)[rows].unsqueeze(0))[0]  # (U, D)
             self._embeddings.update(zip(new, z))
         return torch.stack([self._embeddings[k] for k in flat]).view(*keys.shape, -1)  # (B, M, D)
 
@@ -82,6 +108,9 @@ class ProtoNetLitModule(L.LightningModule):
             logits = self.model.classify(self._cached_embed(batch["support"], batch["support_keys"]),
                                          batch["support_labels"],
                                          self._cached_embed(batch["query"], batch["query_keys"]), way).float()
+        elif self.hparams.test_time_augment is not None and not self.training:
+            logits = self.model.classify(self.eval_embed(batch["support"]), batch["support_labels"],
+                                         self.eval_embed(batch["query"]), batch["classes"].shape[1]).float()
         else:
             logits = self.episode_logits(batch).float()  # (B, Q, N)
         labels = batch["query_labels"]
