@@ -62,6 +62,36 @@ def default_precision(accelerator: str, *, cuda: bool | None = None, bf16: bool 
     return "bf16-mixed" if bf16 else "16-mixed"
 
 
+def _plain(value):
+    """Config/hparam value as plain JSON-like data (tuples -> lists, namespaces -> dicts) for comparison."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def hparam_differences(saved: dict, model) -> list[str]:
+    """Lines naming each model argument whose value in the config differs from the checkpoint's ``saved``
+    hyperparameters (the module's ``save_hyperparameters``; keys starting with ``_`` are Lightning's)."""
+    config = _plain(model)
+    init_args = (config.get("init_args") or {}) if isinstance(config, dict) else {}
+    lines = []
+    saved_class = saved.get("_class_path")
+    if saved_class and isinstance(config, dict) and config.get("class_path") not in (None, saved_class):
+        lines.append(f"model class: config {config.get('class_path')}, checkpoint {saved_class}")
+    for key, value in saved.items():
+        if key.startswith("_") or key not in init_args:
+            continue
+        ours, theirs = init_args[key], _plain(value)
+        if ours != theirs:  # 10 == 10.0, [16, 10] == (16, 10.0) after _plain
+            lines.append(f"model.init_args.{key}: using the config's {ours!r}; the checkpoint was trained with "
+                         f"{theirs!r}")
+    return lines
+
+
 class RunConfigCallback(SaveConfigCallback):
     """Saves the resolved config into the run folder (atomically, overwriting) and as the W&B run config."""
 
@@ -94,6 +124,29 @@ class LitPapersCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run", type=RunOptions, default=RunOptions(), help="run folder options")
         parser.add_argument("--wandb", type=bool, default=True, help="log to W&B (offline without credentials)")
+
+    # -- checkpoint hyperparameters vs the config ---------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config's model arguments when ``--ckpt_path`` is given, and say where the checkpoint differs.
+
+        Lightning's own version overwrites the config's model arguments with the hyperparameters saved in the
+        checkpoint, so ``test --config <variant>.yaml --ckpt_path <other run>`` would silently evaluate with the
+        training run's settings (e.g. drop a test-time option the variant adds). Here the config and command line
+        win; an architecture that does not match the weights still fails loudly when the state dict is loaded.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        model = self.config[subcommand].get("model")
+        if not ckpt_path or not Path(ckpt_path).is_file() or model is None:
+            return
+        try:
+            saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
+        except Exception:  # an unreadable checkpoint is reported by the Trainer when it loads it
+            return
+        for line in hparam_differences(saved, model):
+            print(f"[lit-papers] {line}", file=sys.stderr)
 
     # -- run folder, resume, precision -------------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:

@@ -90,3 +90,17 @@ def test_predict_writes_class_probabilities(tmp_path):
     assert out["probs"].shape == (3, 10)
     assert torch.allclose(out["probs"].sum(-1), torch.ones(3))
     assert torch.equal(out["label"], out["probs"].argmax(-1))
+
+
+def test_hparam_differences_names_each_changed_model_argument():
+    from jsonargparse import Namespace
+
+    from lit_papers.cli import hparam_differences
+
+    model = Namespace(class_path="a.B", init_args=Namespace(lr=0.1, sizes=(16, 10.0), tta=None, nested=Namespace(x=1)))
+    saved = {"_class_path": "a.B", "_instantiator": "x", "lr": 0.1, "sizes": [16, 10], "tta": [2, 1], "nested": {"x": 1},
+             "not_in_config": 3}
+    lines = hparam_differences(saved, model)
+    assert lines == ["model.init_args.tta: using the config's None; the checkpoint was trained with [2, 1]"]
+    assert hparam_differences({"_class_path": "a.C"}, model) == ["model class: config a.B, checkpoint a.C"]
+    assert hparam_differences({}, model) == []

@@ -127,3 +127,26 @@ def test_test_time_augment_is_the_mean_embedding_over_fixed_warps(shared_data):
         torch.testing.assert_close(cached, direct, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="test_time_augment"):
         ProtoNetLitModule(model=net, optimizer=torch.optim.Adam, test_time_augment=(0, 10.0, 1.0))
+
+
+def test_config_settings_win_over_checkpoint_hyperparameters_at_test_time(cli):
+    """``test --config tta.yaml --ckpt_path <plain run>`` must evaluate with TTA (Lightning's default would take the
+    checkpoint's saved test_time_augment=None and silently drop it)."""
+    import csv
+
+    import yaml
+
+    def last(run, key):
+        with open(run / "csv" / "metrics.csv") as fh:
+            return float([row[key] for row in csv.DictReader(fh) if row.get(key)][-1])
+
+    cli("fit", "--config", "configs/protonet/tiny.yaml", "--wandb", "false")
+    ckpt = str(cli.runs / "protonet" / "tiny" / "v0" / "checkpoints" / "last.ckpt")
+    plain = cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", ckpt)
+    tta = cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", ckpt,
+              "--model.init_args.test_time_augment", "[2, 10, 1]")
+    assert "test_time_augment" not in plain.stderr
+    assert "model.init_args.test_time_augment: using the config's [2, 10.0, 1.0]" in tta.stderr
+    one, two = cli.runs / "protonet" / "tiny" / "v1", cli.runs / "protonet" / "tiny" / "v2"
+    assert yaml.safe_load((two / "config.yaml").read_text())["model"]["init_args"]["test_time_augment"] == [2, 10, 1]
+    assert last(two, "test/loss") != pytest.approx(last(one, "test/loss"), rel=1e-6)  # TTA really was applied
