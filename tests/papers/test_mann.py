@@ -52,3 +52,31 @@ def test_tiny_fit_and_test_on_the_real_data(cli):
     proc = cli("test", "--config", "configs/mann/tiny.yaml", "--wandb", "false", "--ckpt_path", str(ckpt))
     for k in (1, 2, 3):
         assert f"test/acc_inst{k}" in proc.stdout
+
+
+def test_instance_curves_put_each_point_where_its_accuracy_is(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from lit_papers.papers.mann.curves import COLORS, Frame, draw_curves, series_from_results
+
+    rows = lambda ours, paper, source: [  # noqa: E731
+        {"metric": f"test/acc_inst{k}", "ours": o, "paper_value": p, "source": source}
+        for k, o, p in zip((1, 2, 3, 5, 10), ours, paper)]
+    (tmp_path / "a.json").write_text(json.dumps(rows([30, 75, 85, 88, 90], [36, 83, 91, 93, 95], "Table 1 (verify)")))
+    (tmp_path / "b.json").write_text(json.dumps(rows([20, 45, 50, 55, 58], [24, 50, 55, 61, 64],
+                                                     "Table 1, LSTM (verify)")))
+    series = series_from_results([("a", "MANN ours"), ("b", "LSTM ours")], tmp_path)
+    assert [(label, dashed) for label, _, dashed in series] == [
+        ("MANN ours", False), ("LSTM ours", False), ("MANN, paper (Table 1)", True), ("LSTM, paper (Table 1)", True)]
+    assert series[3][1] == {1: 24, 2: 50, 3: 55, 5: 61, 10: 64}  # the paper's, not ours
+    out = draw_curves(series, tmp_path / "curves.png")
+    image, frame = Image.open(out).convert("RGB"), Frame()
+    assert image.size == (frame.width, frame.height) and not list(tmp_path.glob(".*.tmp"))
+    for (label, points, _), color in zip(series[:2], COLORS):  # a dot of the series' colour at each point
+        for inst, acc in points.items():
+            assert image.getpixel(frame.pixel(inst, acc)) == color, (label, inst)
+    assert frame.pixel(1, 0)[1] > frame.pixel(1, 100)[1] and frame.pixel(10, 50)[0] > frame.pixel(1, 50)[0]
+    with pytest.raises(SystemExit, match="c.json"):
+        series_from_results([("c", "missing")], tmp_path)
