@@ -2,9 +2,9 @@
 
     python -m lit_papers.papers.mann.curves OUT.png VARIANT[=LABEL] ...
 
-reads this paper's ``results/<VARIANT>.json`` (kept ``card_result.json`` files) and ``card.yaml``, and draws each
-variant's test accuracy at the 1st, 2nd, 3rd, 5th and 10th instance (solid) next to the paper's numbers for the
-same card rows (dashed, one curve per distinct paper source).
+reads this paper's ``results/<VARIANT>.json`` (kept ``card_result.json`` files, which carry the card's paper
+value next to ours) and draws each variant's test accuracy at the 1st, 2nd, 3rd, 5th and 10th instance (solid)
+next to the paper's numbers for the same rows (dashed, one curve for the MANN and one for the LSTM).
 """
 
 from __future__ import annotations

@@ -103,16 +103,16 @@ class ProtoNetLitModule(L.LightningModule):
         return torch.stack([self._embeddings[k] for k in flat]).view(*keys.shape, -1)  # (B, M, D)
 
     def _eval_step(self, batch: dict) -> None:
-        if "support_keys" in batch and not batch.get("augmented", False) and not self.training:
-            way = batch["classes"].shape[1]
-            logits = self.model.classify(self._cached_embed(batch["support"], batch["support_keys"]),
-                                         batch["support_labels"],
-                                         self._cached_embed(batch["query"], batch["query_keys"]), way).float()
-        elif self.hparams.test_time_augment is not None and not self.training:
-            logits = self.model.classify(self.eval_embed(batch["support"]), batch["support_labels"],
-                                         self.eval_embed(batch["query"]), batch["classes"].shape[1]).float()
-        else:
+        if self.training:  # batch norm in training mode: support and query must share one forward pass
             logits = self.episode_logits(batch).float()  # (B, Q, N)
+        else:  # eval mode: embeddings do not depend on what else is in the batch
+            if "support_keys" in batch and not batch.get("augmented", False):
+                support_z = self._cached_embed(batch["support"], batch["support_keys"])  # (B, N*K, D)
+                query_z = self._cached_embed(batch["query"], batch["query_keys"])  # (B, Q, D)
+            else:
+                support_z, query_z = self.eval_embed(batch["support"]), self.eval_embed(batch["query"])
+            logits = self.model.classify(support_z, batch["support_labels"], query_z,
+                                         batch["classes"].shape[1]).float()  # (B, Q, N)
         labels = batch["query_labels"]
         acc = (logits.argmax(-1) == labels).float().mean(dim=1)  # (B,) per-episode accuracy
         loss = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)  # (B,)
