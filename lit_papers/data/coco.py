@@ -1,7 +1,8 @@
 """MS-COCO instances (official 2017 layout) through pycocotools, for detection and instance segmentation.
 
 Layout under ``<root>/coco[/<subdir>]``: ``annotations/instances_{train,val}2017.json``, ``train2017/``,
-``val2017/`` (the generated :mod:`lit_papers.data.shapes` set uses the same layout under ``coco/shapes``).
+``val2017/`` (the generated :mod:`lit_papers.data.shapes` set uses the same layout under
+``$LIT_PAPERS_CACHE/generated/coco/shapes``).
 
 A sample is ``(image, target)``: ``image`` float32 (3, H, W) in [0, 1] (RGB, after augmentation; the model
 normalises), ``target`` a dict as torchvision's detectors take it:

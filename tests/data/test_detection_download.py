@@ -16,7 +16,7 @@ import pytest
 
 from lit_papers.data import coco as coco_module
 from lit_papers.data import voc as voc_module
-from lit_papers.data.download import ChecksumError
+from lit_papers.data.download import ChecksumError, DatasetError, extract
 from tests.data.test_download import http_root  # noqa: F401  (fixture)
 
 CLOSED = "http://127.0.0.1:9"  # a closed loopback port: "no network"
@@ -138,3 +138,15 @@ def test_voc_splits_map_to_the_official_tars():
     assert voc_module.voc_remote("2007_test").filename == "VOCtest_06-Nov-2007.tar"
     assert voc_module.voc_remote("2012_val").url.startswith("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/")
     assert voc_module.voc_remote("2012_test") is None  # not distributed with annotations
+
+
+def test_zip_with_a_bad_crc_names_the_archive_and_leaves_nothing(tmp_path):
+    archive = tmp_path / "val2017.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("val2017/a.txt", b"0123456789" * 100)
+    blob = bytearray(archive.read_bytes())
+    blob[blob.index(b"0123456789") + 5] ^= 0xFF  # one stored byte flipped: the CRC no longer matches
+    archive.write_bytes(bytes(blob))
+    with pytest.raises(DatasetError, match=r"val2017\.zip: corrupt zip archive .*CRC"):
+        extract(archive, tmp_path / "coco", member_root="val2017")
+    assert list((tmp_path / "coco").iterdir()) == []
