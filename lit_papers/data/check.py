@@ -24,8 +24,8 @@ from lit_papers.data.download import DatasetError
 from lit_papers.data.images import VERIFY_MODES, verify_images
 
 
-def _split_argv(argv: list[str]) -> tuple[list[str], list[str], str]:
-    """(config paths, --data... options in order, mode) from the command line."""
+def _split_argv(argv: list[str]) -> tuple[list[str], list[str], str, int]:
+    """(config paths, --data... options in order, mode, workers) from the command line."""
     parser = argparse.ArgumentParser(prog="lit-papers check-data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", default=[], help="a recipe YAML (repeatable, as for fit)")
     parser.add_argument("--mode", choices=[m for m in VERIFY_MODES if m != "none"], default="full",
@@ -38,6 +38,44 @@ def _split_argv(argv: list[str]) -> tuple[list[str], list[str], str]:
     return known.config, rest, known.mode, known.workers
 
 
+def config_data_sections(configs: list[str]) -> list[dict]:
+    """The ``data:`` sections of the config files, in order (files without one are skipped)."""
+    out = []
+    for path in configs:
+        section = (yaml.safe_load(Path(path).read_text()) or {}).get("data")
+        if section is not None:
+            out.append(section)
+    return out
+
+
+def switched_class_note(configs: list[str], resolved: dict) -> str | None:
+    """A warning when the command line switched the DataModule class away from the one the config files name,
+    listing the config's init_args the new class kept (issue 17, case 13: ``--data COCODataModule`` over the
+    shapes recipe keeps ``subdir: shapes-tiny``). ``resolved`` is the parsed ``data`` value (class_path,
+    init_args). None when the class was not switched or nothing was carried over.
+
+    ``lit-papers fit`` can print it before instantiating (the CLI's ``before_instantiate_classes``).
+    """
+    sections = [s for s in config_data_sections(configs) if isinstance(s, dict) and s.get("class_path")]
+    if not sections or not isinstance(resolved, dict):
+        return None
+    configured = sections[-1]["class_path"]
+    chosen = resolved.get("class_path")
+    if not chosen or chosen == configured or chosen.rsplit(".", 1)[-1] == configured.rsplit(".", 1)[-1]:
+        return None
+    config_args: dict = {}
+    for section in sections:
+        config_args.update(section.get("init_args") or {})
+    now = resolved.get("init_args") or {}
+    kept = {k: v for k, v in config_args.items() if k in now and now[k] == v}
+    if not kept:
+        return None
+    listed = ", ".join(f"data.init_args.{k} = {v!r}" for k, v in sorted(kept.items()))
+    return (f"--data switched {configured} -> {chosen}; these values of the config (written for "
+            f"{configured.rsplit('.', 1)[-1]}) were kept: {listed}. Override any that do not fit the new class "
+            "(e.g. --data.init_args.subdir null).")
+
+
 def build_datamodule(configs: list[str], data_args: list[str]):
     """The DataModule as ``lit-papers fit --config ... --data...`` would instantiate it."""
     from jsonargparse import ArgumentParser
@@ -46,15 +84,15 @@ def build_datamodule(configs: list[str], data_args: list[str]):
     parser = ArgumentParser(prog="lit-papers check-data", exit_on_error=False, default_env=False)
     parser.add_subclass_arguments(LightningDataModule, "data", required=True, fail_untyped=False)
     args: list[str] = []
-    for path in configs:
-        text = Path(path).read_text()
-        section = (yaml.safe_load(text) or {}).get("data")
-        if section is not None:
-            args += ["--data", yaml.safe_dump(section, default_flow_style=True, width=1 << 20).strip()]
+    for section in config_data_sections(configs):
+        args += ["--data", yaml.safe_dump(section, default_flow_style=True, width=1 << 20).strip()]
     args += data_args
     if not args:
         raise DatasetError(f"no `data:` section in {configs or 'the command line'}; give the recipe with --config")
     cfg = parser.parse_args(args)
+    note = switched_class_note(configs, cfg.data.as_dict() if hasattr(cfg.data, "as_dict") else dict(cfg.data))
+    if note:
+        print(f"[lit-papers] {note}", file=sys.stderr)
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse >= 4.49
     return instantiate(cfg).data
 

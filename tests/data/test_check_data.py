@@ -51,11 +51,28 @@ def test_check_data_on_missing_data_names_the_key(tmp_path, capsys, monkeypatch)
     args = ["--config", f"{REPO_CONFIGS}/mask_rcnn/tiny.yaml", "--data", "lit_papers.data.coco.COCODataModule"]
     dm = build_datamodule(args[1:2], args[2:])
     assert type(dm).__name__ == "COCODataModule" and dm.hparams.subdir == "shapes-tiny"  # what fit would build
+    capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "data.init_args.subdir = 'shapes-tiny'" in err and "--data.init_args.subdir null" in err
+    assert "--data switched lit_papers.data.coco.ShapesDataModule -> lit_papers.data.coco.COCODataModule" in err
 
 
 def test_check_data_builds_the_tiny_recipe_like_fit(tmp_path, capsys):
     assert main(["--config", f"{REPO_CONFIGS}/mask_rcnn/tiny.yaml", "--mode", "header"]) == 0
     assert "ShapesDataModule: 20 files checked, 0 bad" in capsys.readouterr().out
+
+
+def test_switched_class_note_lists_the_kept_config_values(tmp_path):
+    from lit_papers.data.check import switched_class_note
+
+    tiny = f"{REPO_CONFIGS}/mask_rcnn/tiny.yaml"
+    resolved = {"class_path": "lit_papers.data.coco.COCODataModule",
+                "init_args": {"subdir": "shapes-tiny", "batch_size": 2, "min_size": 800}}
+    note = switched_class_note([tiny], resolved)
+    assert "ShapesDataModule -> lit_papers.data.coco.COCODataModule" in note
+    assert "data.init_args.subdir = 'shapes-tiny'" in note and "min_size" not in note
+    same = {"class_path": "lit_papers.data.coco.ShapesDataModule", "init_args": {"subdir": "shapes-tiny"}}
+    assert switched_class_note([tiny], same) is None
+    assert switched_class_note([tiny], {"class_path": "lit_papers.data.coco.COCODataModule",
+                                        "init_args": {"subdir": None}}) is None
