@@ -277,15 +277,20 @@ def data_overrides(resolved: dict, variant: dict | None, datamodule_class: type 
     return keys
 
 
-def _train_items(datamodule: Any) -> int | None:
-    """Number of training items if the DataModule already built its training set (never builds it)."""
-    for name in ("train_set", "train_dataset"):
-        dataset = getattr(datamodule, name, None)
-        if dataset is not None and hasattr(dataset, "__len__"):
+def _train_items(datamodule: Any) -> tuple[int, str] | None:
+    """(count, what) of the training data if the DataModule already built it (never builds it): images, clips
+    or pairs of a training set, or the (character, rotation) classes of an episodic one."""
+    candidates = [("items", getattr(datamodule, name, None)) for name in ("train_set", "train_dataset", "train")]
+    candidates.append(("items", (getattr(datamodule, "datasets", None) or {}).get("train")
+                       if isinstance(getattr(datamodule, "datasets", None), dict) else None))
+    tables = getattr(datamodule, "tables", None)
+    candidates.append(("classes", tables.get("train") if isinstance(tables, dict) else None))
+    for what, dataset in candidates:
+        if dataset is not None and hasattr(dataset, "__len__") and not isinstance(dataset, str | bytes):
             try:
-                return int(len(dataset))
+                return int(len(dataset)), what
             except TypeError:
-                return None
+                continue
     return None
 
 
@@ -353,9 +358,10 @@ class ReproductionCard(L.Callback):
         variant_files = [p for p in self.config_paths if Path(p).stem == self.variant] or self.config_paths[:1]
         variant = data_section(yaml.safe_load(Path(variant_files[0]).read_text())) if variant_files else None
         datamodule = getattr(trainer, "datamodule", None)
+        found = _train_items(datamodule)
         return {"data": resolved, "data_overrides": data_overrides(resolved, variant, type(datamodule) if datamodule
                                                                    is not None else None),
-                "train_items": _train_items(datamodule)}
+                "train_items": found and found[0], "train_items_unit": found and found[1]}
 
     def rows(self, trainer, pl_module) -> list[dict[str, Any]]:
         path = Path(self.card_path) if self.card_path else card_path_for(pl_module)

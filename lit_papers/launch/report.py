@@ -161,13 +161,15 @@ def evidence_text(r: dict, local_links: bool = False) -> str:
     device = ", ".join(hw.get("gpus") or []) or f"{hw.get('cpu_count', '?')}-core CPU"
     fit = ev.get("fit_time_s")
     steps = ev.get("global_step")
-    took = f"{steps} steps, fit {_duration(fit)}" if fit else f"{steps} steps, wall {_duration(ev.get('wall_time_s') or 0)}"
+    took = f"{steps} steps" + (f", fit {_duration(fit)}" if fit else "")
+    if ev.get("wall_time_s") is not None:
+        took += f", run wall {_duration(ev['wall_time_s'])}"
     parts = [f"seed {ev.get('seed')}", device, took]
     if ev.get("train_items") is not None:
-        parts.append(f"{ev['train_items']} training items")
-    torch_version = (ev.get("versions") or {}).get("torch")
-    if torch_version:
-        parts.append(f"torch {torch_version}")
+        parts.append(f"{ev['train_items']} training {ev.get('train_items_unit') or 'items'}")
+    found = ev.get("versions") or {}
+    if found.get("torch"):
+        parts.append(" ".join(f"{k} {found[k]}" for k in ("torch", "lightning") if found.get(k)))
     commit = ev.get("git_commit")
     if commit:
         parts.append(f"**⚠️ dirty tree** `{commit[:10]}`" if commit.endswith("-dirty") else f"`{commit[:10]}`")

@@ -175,11 +175,12 @@ def test_a_test_run_with_overridden_data_writes_a_variant_card(tmp_path, cli, sh
     rows = json.loads((cli.runs / "resnet_cifar" / "resnet20_subset" / "asis" / "card_result.json").read_text())
     assert rows and all(r["kind"] == card[("resnet20_subset", r["metric"])]["kind"] for r in rows)
     assert all(r["evidence"]["data_overrides"] == [] for r in rows)
-    assert rows[0]["evidence"]["data"]["init_args"]["val_size"] == recipe["data"]["init_args"]["val_size"]
+    assert rows[0]["evidence"]["data"]["init_args"]["val_size"] == recipe["data"]["init_args"]["val_size"] == 500
+    assert rows[0]["evidence"]["train_items"] == 2000  # the 2,500 training images of the sample less 500 for val
 
     cli(*common, "--run.version", "other", "--data.init_args.val_size", "100")
     rows = json.loads((cli.runs / "resnet_cifar" / "resnet20_subset" / "other" / "card_result.json").read_text())
     assert rows and all(r["kind"] == "variant" and r["pass"] is None for r in rows)
     assert all(r["overridden"] == ["data.init_args.val_size"] for r in rows)
     assert all("not compared with the paper" in r["note"] and "2,000 training" not in r["note"] for r in rows)
-    assert rows[0]["evidence"]["data"]["init_args"]["val_size"] == 100
+    assert rows[0]["evidence"]["data"]["init_args"]["val_size"] == 100 and rows[0]["evidence"]["train_items"] == 2400
