@@ -356,12 +356,15 @@ class ReproductionCard(L.Callback):
         if resolved is None:
             return {}
         variant_files = [p for p in self.config_paths if Path(p).stem == self.variant] or self.config_paths[:1]
-        variant = data_section(yaml.safe_load(Path(variant_files[0]).read_text())) if variant_files else None
         datamodule = getattr(trainer, "datamodule", None)
         found = _train_items(datamodule)
-        return {"data": resolved, "data_overrides": data_overrides(resolved, variant, type(datamodule) if datamodule
-                                                                   is not None else None),
-                "train_items": found and found[0], "train_items_unit": found and found[1]}
+        out = {"data": resolved, "train_items": found and found[0], "train_items_unit": found and found[1]}
+        if not variant_files or not Path(variant_files[0]).is_file():  # nothing to compare with: say so
+            out["data_check"] = f"variant config {variant_files[0] if variant_files else None!r} not readable"
+            return out
+        variant = data_section(yaml.safe_load(Path(variant_files[0]).read_text()))
+        out["data_overrides"] = data_overrides(resolved, variant, type(datamodule) if datamodule is not None else None)
+        return out
 
     def rows(self, trainer, pl_module) -> list[dict[str, Any]]:
         path = Path(self.card_path) if self.card_path else card_path_for(pl_module)
@@ -424,7 +427,7 @@ class ReproductionCard(L.Callback):
             if summary is None:
                 continue
             for row in rows:
-                for key in ("paper_value", "ours", "delta", "pass"):
+                for key in ("paper_value", "ours", "low", "high", "delta", "pass", "kind", "status"):
                     summary[f"card/{row['metric']}/{key}"] = row[key]
         for row in rows:
             spread = "" if row["low"] is None else f" [{row['low']:.4g}, {row['high']:.4g}]"

@@ -29,6 +29,7 @@ from lit_papers.callbacks.card import KINDS, ablation_verdict, interval, is_bino
 PAPERS_DIR = Path(__file__).resolve().parents[1] / "papers"
 START, END = "<!-- paper-table:start -->", "<!-- paper-table:end -->"
 SUMMARY_PNG = "summary.png"
+PASS = {"pass": True, "fail": False, "discrepancy": False}  # `pass` of a row; None: no verdict (yet)
 STATUS_WORDS = {"pass": "✅", "fail": "❌", "open": "❔ open", "discrepancy": "⚠️ discrepancy",
                 "context": "scaled (context)", "none": "not compared"}
 
@@ -62,7 +63,7 @@ def _row(paper_key: str, card: dict, row: dict, match: dict | None) -> dict:
         "paper_value": float(row["value"]), "source": row["source"], "tolerance": float(row.get("tolerance", 0.0)),
         "higher_is_better": bool(row.get("higher_is_better", True)), "note": row.get("note"),
         "ours": None, "ci95": None, "n": None, "n_unit": None, "low": None, "high": None, "interval": None,
-        "delta": None, "status": "none", "verdict": "not run yet", "evidence": None, "result_file": None,
+        "delta": None, "status": "none", "pass": None, "verdict": "not run yet", "evidence": None, "result_file": None,
         "backfilled": None, "overridden": None, "card_row": row,
     }
     if match is None:
@@ -82,6 +83,7 @@ def _row(paper_key: str, card: dict, row: dict, match: dict | None) -> dict:
         out["kind"] = "variant"
         out["note"] = match.get("note") or out["note"]
     out["status"], out["verdict"] = verdict(row, ours, out["low"], out["high"], kind=out["kind"])
+    out["pass"] = PASS.get(out["status"])
     return out
 
 
@@ -122,6 +124,7 @@ def _ablations(rows: list[dict]) -> None:
         arm["status"], arm["verdict"] = ablation_verdict(
             {"row": arm["card_row"], "ours": arm["ours"], "low": arm["low"], "high": arm["high"]},
             [{"row": o["card_row"], "ours": o["ours"], "low": o["low"], "high": o["high"]} for o in others])
+        arm["pass"] = PASS.get(arm["status"])
 
 
 # -- formatting ----------------------------------------------------------------------------------------------------
