@@ -9,7 +9,7 @@ verdict of a row is recomputed from its card row and the stored value/interval (
     lit-papers report                 print every paper's full table
     lit-papers report --write         regenerate README.md (one headline row per paper) and each paper's
                                       README table (between the paper-table markers)
-    lit-papers report --check         exit 1 naming each README whose generated part is stale
+    lit-papers report --check         exit 1 naming each README table or summary picture that is stale
     lit-papers report --plot          write results/summary.png in each paper folder with results
     lit-papers report --json          one JSON list of all rows
     lit-papers report --add RUN_DIR/card_result.json   keep a run's result under its paper's results/
@@ -288,7 +288,16 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def stale(rows: list[dict], papers_dir: Path = PAPERS_DIR) -> list[Path]:
-    return [path for path, text in expected_readmes(rows, papers_dir).items() if path.read_text() != text]
+    """READMEs whose generated block differs from what the cards and results give, and summary pictures that
+    are missing or were drawn from other numbers (the digest in the PNG)."""
+    from lit_papers.launch.summary_plot import digest, stored_digest
+
+    old = [path for path, text in expected_readmes(rows, papers_dir).items() if path.read_text() != text]
+    for paper in sorted({r["paper"] for r in rows if r["ours"] is not None}):
+        picture = papers_dir / paper / "results" / SUMMARY_PNG
+        if stored_digest(picture) != digest([r for r in rows if r["paper"] == paper]):
+            old.append(picture)
+    return old
 
 
 def add_result(result_file: Path, papers_dir: Path = PAPERS_DIR) -> Path:
@@ -330,7 +339,8 @@ def main(argv: list[str] | None = None, papers_dir: Path = PAPERS_DIR) -> int:
     if args.check:
         old = stale(rows, papers_dir)
         for path in old:
-            print(f"stale: {path} (cards or results changed; run `lit-papers report --write`)", file=sys.stderr)
+            fix = "--plot --write" if path.suffix == ".png" else "--write"
+            print(f"stale: {path} (cards or results changed; run `lit-papers report {fix}`)", file=sys.stderr)
         return 1 if old else 0
     if args.write:
         expected = expected_readmes(rows, papers_dir)

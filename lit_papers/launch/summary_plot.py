@@ -9,15 +9,19 @@ so tests can check that a bar's length is proportional to its value.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 KIND_COLORS = {"paper": (31, 119, 180), "scaled": (128, 177, 222), "ablation": (44, 160, 44),
                "target": (148, 103, 189), "variant": (150, 150, 150)}
 PAPER_COLOR = (214, 39, 40)
+DIGEST_KEY = "lit-papers-summary"  # PNG text chunk: digest of the plotted numbers (``report --check`` compares it)
 WIDTH, LABEL_W, RIGHT_PAD, ROW_H, BAR_H, HEADER_H, TOP = 980, 220, 130, 22, 12, 30, 40
 
 
@@ -94,13 +98,31 @@ def draw_summary(rows: list[dict], title: str = "") -> tuple[Image.Image, list[d
     return image, bars
 
 
+def digest(rows: list[dict]) -> str:
+    """What the picture shows, as a short hash: it changes exactly when a plotted number, kind or label does."""
+    shown = [[r["variant"], r["metric"], r["kind"], r["ours"], r["low"], r["high"], r["paper_value"],
+              r["higher_is_better"]] for r in rows if r["ours"] is not None]
+    return hashlib.sha256(json.dumps(shown).encode()).hexdigest()[:16]
+
+
+def stored_digest(path: str | os.PathLike) -> str | None:
+    """The digest a summary PNG was drawn from (None: missing file or not one of ours)."""
+    try:
+        with Image.open(path) as image:
+            return image.text.get(DIGEST_KEY)
+    except (OSError, AttributeError):
+        return None
+
+
 def write_summary(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Draw the rows of one paper and write the PNG atomically. -> path."""
+    """Draw the rows of one paper and write the PNG atomically, with the digest of its numbers. -> path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{rows[0]['paper']}: ours vs the paper (bars: ours; whiskers: 95% interval; red: paper/target)"
     image, _ = draw_summary(rows, title)
+    info = PngInfo()
+    info.add_text(DIGEST_KEY, digest(rows))
     tmp = out.with_name(f".{out.name}.tmp")
-    image.save(tmp, format="PNG")
+    image.save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, out)
     return out

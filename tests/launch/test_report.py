@@ -75,6 +75,10 @@ def test_write_then_check_and_a_stale_result_fails_check(tmp_path, capsys):
     papers = _toy(tmp_path)
     assert report.main(["--check"], papers_dir=papers) == 1  # never written: both READMEs are stale
     assert report.main(["--write"], papers_dir=papers) == 0
+    capsys.readouterr()
+    assert report.main(["--check"], papers_dir=papers) == 1  # the picture is missing
+    assert "summary.png" in capsys.readouterr().err
+    assert report.main(["--plot", "--write"], papers_dir=papers) == 0
     top = (tmp_path / "README.md").read_text()
     assert top.startswith("intro") and top.endswith("outro\n") and "old" not in top
     assert top.count("lit_papers/papers/toy/README.md") == 1  # one headline row per paper
@@ -92,7 +96,7 @@ def test_write_then_check_and_a_stale_result_fails_check(tmp_path, capsys):
     result.write_text(json.dumps(rows))
     assert report.main(["--check"], papers_dir=papers) == 1
     err = capsys.readouterr().err
-    assert "toy/README.md" in err and f"{tmp_path / 'README.md'}" in err
+    assert "toy/README.md" in err and f"{tmp_path / 'README.md'}" in err and "summary.png" in err
 
 
 def test_the_repository_readmes_are_up_to_date():
