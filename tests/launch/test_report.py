@@ -130,3 +130,23 @@ def test_summary_bars_are_proportional_to_the_values(tmp_path):
     out = report.main(["--plot", "--write"], papers_dir=papers)
     assert out == 0 and Image.open(papers / "toy" / "results" / "summary.png").size[0] > 0
     assert "](results/summary.png)" in (papers / "toy" / "README.md").read_text()
+
+
+def test_ablation_arms_are_judged_together(tmp_path):
+    papers = tmp_path / "lit_papers" / "papers"
+    (papers / "abl" / "results").mkdir(parents=True)
+    arm = {"metric": "test/error", "kind": "ablation", "group": "depth", "scale": 100, "source": "T6",
+           "higher_is_better": False}
+    (papers / "abl" / "card.yaml").write_text(yaml.safe_dump({"results": [
+        {**arm, "variant": "deep", "value": 6.4}, {**arm, "variant": "shallow", "value": 8.8},
+        {**arm, "variant": "other_group", "group": "width", "value": 7.0}]}))
+    for name, ours, half in [("deep", 7.0, 0.3), ("shallow", 9.5, 0.3), ("other_group", 20.0, 0.3)]:
+        (papers / "abl" / "results" / f"{name}.json").write_text(json.dumps(
+            [{"variant": name, "metric": "test/error", "ours": ours, "ci95": half, "evidence": _evidence()}]))
+    rows = {r["variant"]: r for r in report.collect(papers)}
+    # the paper: deep is 2.4 points better; ours: 2.5 better, intervals apart -> both arms pass
+    assert rows["deep"]["status"] == rows["shallow"]["status"] == "pass" and rows["deep"]["pass"] is True
+    assert rows["other_group"]["status"] == "open"  # alone in its group: nothing to compare with
+    (papers / "abl" / "results" / "shallow.json").write_text(json.dumps(
+        [{"variant": "shallow", "metric": "test/error", "ours": 7.3, "ci95": 0.3, "evidence": _evidence()}]))
+    assert {r["variant"]: r["status"] for r in report.collect(papers)}["deep"] == "fail"  # overlapping intervals
