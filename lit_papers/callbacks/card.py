@@ -265,14 +265,18 @@ def data_overrides(resolved: dict, variant: dict | None, datamodule_class: type 
     if resolved.get("class_path") != variant.get("class_path"):
         return ["data.class_path"]
     defaults = {}
-    if datamodule_class is not None:
-        for name, param in inspect.signature(datamodule_class.__init__).parameters.items():
+    for cls in getattr(datamodule_class, "__mro__", ()):  # a subclass passing **kwargs on: the parents' defaults
+        if "__init__" not in vars(cls):
+            continue
+        for name, param in inspect.signature(cls.__init__).parameters.items():
             if param.default is not inspect.Parameter.empty:
-                defaults[name] = _plain(param.default)
+                defaults.setdefault(name, _plain(param.default))
     missing = object()
     keys = []
     for key, value in sorted(resolved["init_args"].items()):
         expected = variant["init_args"].get(key, defaults.get(key, missing))
+        if expected is missing and datamodule_class is None:
+            continue  # no class to read defaults from: only keys the variant file states can be checked
         if expected is missing or _plain(value) != expected:
             keys.append(f"data.init_args.{key}")
     keys += [f"data.init_args.{k}" for k in sorted(set(variant["init_args"]) - set(resolved["init_args"]))]

@@ -184,3 +184,32 @@ def test_a_test_run_with_overridden_data_writes_a_variant_card(tmp_path, cli, sh
     assert all(r["overridden"] == ["data.init_args.val_size"] for r in rows)
     assert all("not compared with the paper" in r["note"] and "2,000 training" not in r["note"] for r in rows)
     assert rows[0]["evidence"]["data"]["init_args"]["val_size"] == 100 and rows[0]["evidence"]["train_items"] == 2400
+
+
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "trainer")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_no_config_as_given_reads_as_overridden_data(config):
+    """The data section as the CLI resolves it (every default filled in by jsonargparse) against the config file
+    alone: no key may look overridden, or every real run of that recipe would be filed as a variant."""
+    import importlib
+
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    from lit_papers.callbacks.card import data_section
+
+    given = yaml.safe_load(config.read_text())
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data", fail_untyped=False, required=True)
+    parsed = parser.parse_object({"data": yaml.safe_load(config.read_text())["data"]})  # (parsing edits its input)
+    resolved = yaml.safe_load(parser.dump(parsed, skip_none=False))  # as the CLI saves config.yaml
+    resolved_data, variant = data_section(resolved), data_section(given)
+    module, name = resolved_data["class_path"].rsplit(".", 1)
+    datamodule = getattr(importlib.import_module(module), name)
+    assert len(resolved_data["init_args"]) > len(variant["init_args"]) or variant["init_args"] == resolved_data[
+        "init_args"]
+    assert data_overrides(resolved_data, variant, datamodule) == []
+    resolved_data["init_args"]["root"] = "/another/root"  # and a real override is seen
+    assert data_overrides(resolved_data, variant, datamodule) == ["data.init_args.root"]
