@@ -59,7 +59,7 @@ def test_main_job_runs_on_generated_data(cli, tmp_path):
 def test_readme_paper_table_is_current():
     text = (REPO / "README.md").read_text()
     current = text.split(report.START, 1)[1].split(report.END, 1)[0].strip()
-    assert current == report.markdown(report.collect()).strip(), "run `lit-papers report --write README.md`"
+    assert current == report.headline_markdown(report.collect()).strip(), "run `lit-papers report --write`"
 
 
 def test_report_json_lists_rows_with_evidence():
