@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 from lit_papers.data.base import ShardedDataModule
 from lit_papers.data.download import DatasetError, DatasetMissingError, Remote, extract, fetch
-from lit_papers.data.image_folder import load_image_folder
+from lit_papers.data.image_folder import FolderListing, load_image_folder
+from lit_papers.data.images import ImageRef
 from lit_papers.data.root import family_dir
 
 
@@ -275,6 +276,7 @@ class CIFARDataModule(ShardedDataModule):
         self.std: np.ndarray | None = None
         self.data_description: dict = {}
         self._pickles: dict | None = None
+        self._listings: dict[str, FolderListing] = {}
         self._checkpoint_stats: dict | None = None
 
     # -- files --------------------------------------------------------------------------------------------
@@ -341,6 +343,7 @@ class CIFARDataModule(ShardedDataModule):
         else:
             x, y, listing = load_image_folder(self.image_dir / split, hw=(32, 32),
                                               classes=tuple(classes) if classes else None)
+            self._listings[split] = listing
             names = list(listing.classes)
             desc = {"source": "folder", "path": str(listing.root), "formats": listing.formats,
                     "lossy": any(f in ("jpg", "jpeg") for f in listing.formats), "fingerprint": listing.fingerprint[:16]}
@@ -381,18 +384,24 @@ class CIFARDataModule(ShardedDataModule):
             "test": tests, "split_seed": self.split_seed, "normalization": self.normalization,
         }
         self._pickles = None
-        print(f"[lit-papers] CIFAR data: {self.describe()}", file=sys.stderr)
+        d = self.data_description
+        for split, desc in [("train", d["train"]), ("val", d["val"]),
+                            *[(f"test{t['metric_suffix']}", t) for t in d["test"]]]:
+            self.report_split(split, self._describe(desc), {
+                "source": desc["source"], "images": desc["images"], "lossy": int(desc["lossy"]), "path": desc["path"]})
         if self._checkpoint_stats is not None:
             self._use_checkpoint_statistics(self._checkpoint_stats)
 
-    def describe(self) -> str:
-        """One line: which files each split comes from (and whether they are lossy)."""
-        def one(d):
-            kind = "exact pickle records" if d["source"] == "pickle" else "/".join(d["formats"]) + " images"
-            return f"{d['images']} {kind}{' (lossy)' if d['lossy'] else ''} from {d['path']}"
-        d = self.data_description
-        tests = "; ".join(f"test/*{t['metric_suffix']} <- {one(t)}" for t in d["test"])
-        return f"train {one(d['train'])}; val {d['val']['images']} of the same; {tests}"
+    @staticmethod
+    def _describe(d: dict) -> str:
+        """Which files a split comes from, and whether they are lossy."""
+        kind = "exact pickle records" if d["source"] == "pickle" else "/".join(d["formats"]) + " images"
+        return f"{d['images']} {kind}{' (lossy)' if d['lossy'] else ''} from {d['path']}"
+
+    def image_refs(self) -> dict[str, list[ImageRef]]:
+        """The image files of each folder split (for ``lit-papers check-data``); pickles have none."""
+        return {split: [ImageRef(listing.root / rel, (32, 32), f"in the {listing.root} split") for rel in listing.files]
+                for split, listing in self._listings.items()}
 
     def _statistics(self, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.normalization == "per_pixel_mean":

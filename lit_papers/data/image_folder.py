@@ -26,20 +26,12 @@ from tqdm.auto import tqdm
 
 from lit_papers.data.download import DatasetError, DatasetMissingError
 from lit_papers.data.images import read_image
+from lit_papers.data.root import cache_root
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CACHE_VERSION = 1  # bump when the cached content changes meaning
-
-
-def cache_root() -> Path:
-    """``$LIT_PAPERS_CACHE`` or ``$XDG_CACHE_HOME/lit_papers`` (``~/.cache/lit_papers``)."""
-    env = os.environ.get("LIT_PAPERS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "lit_papers"
 
 
 @dataclass(frozen=True)

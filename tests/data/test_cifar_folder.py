@@ -167,6 +167,9 @@ def test_datamodule_folder_source_with_exact_test_records(tmp_path, shared_data,
     assert [(t["metric_suffix"], t["source"], t["images"], t["lossy"]) for t in desc["test"]] == [
         ("", "folder", 20, True), ("_exact", "pickle", 500, False)]
     assert [len(loader.dataset) for loader in dm.test_dataloader()] == [20, 500]
+    refs = dm.image_refs()  # what `lit-papers check-data` verifies: every folder file, none for the pickles
+    assert {k: len(v) for k, v in refs.items()} == {"train": 60, "test": 20}
+    assert all(r.path.is_file() and r.expected_hw == (32, 32) for r in refs["train"])
     assert len(dm.predict_dataloader().dataset) == 20
 
 
