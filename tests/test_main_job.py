@@ -46,8 +46,9 @@ def test_main_job_runs_on_generated_data(cli, tmp_path):
     cli("fit", "--config", "configs/resnet_cifar/synthetic.yaml", "--wandb", "false",
         "--data.init_args.per_batch", "120", "--data.init_args.test_size", "200", "--data.init_args.val_size", "100",
         "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1",
-        env={"LIT_PAPERS_DATA": str(data)})
-    loaded = load_cifar(data / "cifar" / "synthetic-cifar-10-batches-py")
+        env={"LIT_PAPERS_DATA": str(data), "LIT_PAPERS_CACHE": str(tmp_path / "cache")})
+    assert not data.exists()  # generated data goes to the cache, never into the data root
+    loaded = load_cifar(tmp_path / "cache" / "generated" / "cifar" / "synthetic-cifar-10-batches-py")
     assert loaded["train"][0].shape == (600, 32, 32, 3) and loaded["test"][0].shape == (200, 32, 32, 3)
     assert loaded["classes"][0] == "disc"
     run = cli.runs / "resnet_cifar" / "synthetic" / "v0"

@@ -1,20 +1,29 @@
-"""CIFAR-10 / CIFAR-100 from the official python pickle batches (Krizhevsky 2009).
+"""CIFAR-10 / CIFAR-100 from the official python pickle batches (Krizhevsky 2009) or a folder of images.
 
 The pickles are parsed directly (torchvision's class md5-checks whole files and rejects subsets such as
-the 500-per-batch real sample used by the tests). Images are uint8 HWC in memory; the datamodule yields
-float CHW tensors, normalised as configured, with labels int64.
+the 500-per-batch real sample used by the tests). A folder-of-images copy (``<split>/<class>/*.jpg|png``, e.g.
+the full CIFAR-10 as JPEG q75 in ``cifar-10-jpeg``) is read by :mod:`lit_papers.data.image_folder`. Images are
+uint8 HWC in memory; the datamodule yields float CHW tensors, normalised as configured, with labels int64.
 
 Split (He et al. 2016, sec. 4.2): 45k train / 5k val carved from the 50k training images by a seeded
-permutation; ``val_size`` may be an int (images) or a float (fraction) for subsets.
+permutation; ``val_size`` may be an int (images) or a float (fraction) for subsets. A folder of images is
+ordered class by class (file names sorted), so the same seed holds out other records than in the pickle order
+(the official record order is not recoverable from such a folder); the sizes and the procedure are the same.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
+import sys
+import tarfile
+import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
@@ -24,6 +33,8 @@ from torch.utils.data import Dataset
 
 from lit_papers.data.base import ShardedDataModule
 from lit_papers.data.download import DatasetError, DatasetMissingError, Remote, extract, fetch
+from lit_papers.data.image_folder import FolderListing, load_image_folder
+from lit_papers.data.images import ImageRef
 from lit_papers.data.root import family_dir
 
 
@@ -108,6 +119,44 @@ def read_cifar_pickle(path: str | os.PathLike, label_key: str) -> tuple[np.ndarr
     return np.ascontiguousarray(images), labels
 
 
+def verify_archive(path: str | os.PathLike) -> None:
+    """Read a .tar.gz / .zip archive through to its end so that every checksum is checked before extraction.
+
+    ``tarfile`` stops at the end-of-archive blocks and never reaches the gzip trailer, so a bad gzip CRC-32
+    would go unnoticed; ``ZipFile.testzip`` checks each member's CRC-32. Raises the library's error (the
+    caller names the archive).
+    """
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if (bad := zf.testzip()) is not None:
+                raise zipfile.BadZipFile(f"bad CRC-32 for member {bad}")
+
+
+def read_cifar_meta(path: str | os.PathLike, names_key: str) -> list[str]:
+    """The class names of an official ``batches.meta`` / ``meta`` file; errors name the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            meta = pickle.load(fh, encoding="latin1")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise DatasetError(
+            f"{path}: truncated or corrupt CIFAR meta file ({type(exc).__name__}: {exc}). Restore it from the "
+            "official archive (put the archive next to the folder and run again: a partial folder is re-extracted)."
+        ) from exc
+    if not isinstance(meta, dict) or names_key not in meta:
+        keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise DatasetError(f"{path}: not a CIFAR meta file (expected key {names_key!r}, found {keys})")
+    return [str(name) for name in meta[names_key]]
+
+
 def load_cifar(folder: str | os.PathLike, dataset: str = "cifar10") -> dict:
     """Read a whole CIFAR folder: {'train': (x, y), 'test': (x, y), 'classes': [...]}."""
     spec = CIFAR_SPECS[dataset]
@@ -116,8 +165,7 @@ def load_cifar(folder: str | os.PathLike, dataset: str = "cifar10") -> dict:
     for split, files in (("train", spec.train_files), ("test", spec.test_files)):
         parts = [read_cifar_pickle(folder / name, spec.label_key) for name in files]
         out[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    with open(folder / spec.meta_file, "rb") as fh:
-        out["classes"] = list(pickle.load(fh, encoding="latin1")[spec.names_key])
+    out["classes"] = read_cifar_meta(folder / spec.meta_file, spec.names_key)
     return out
 
 
@@ -132,8 +180,7 @@ class CIFARImages(Dataset):
                  augment: bool) -> None:
         self.images = images
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
-        self.mean = mean.astype(np.float32)  # (32, 32, 3) per-pixel or (3,) per-channel, in [0, 1] units
-        self.std = std.astype(np.float32)
+        self.set_normalization(mean, std)
         # Augmentation of He et al. 2016 sec. 4.2: pad 4 (zeros after normalisation = the mean), random
         # 32x32 crop, horizontal flip.
         self.augment = (
@@ -145,6 +192,10 @@ class CIFARImages(Dataset):
             if augment
             else None
         )
+
+    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean = np.asarray(mean, np.float32)  # (32, 32, 3) per-pixel or (3,) per-channel, in [0, 1] units
+        self.std = np.asarray(std, np.float32)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -159,19 +210,33 @@ class CIFARImages(Dataset):
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), self.labels[index]
 
 
+Source = Literal["pickle", "folder"]
+# metric suffix of a test set that is not the first one: test/acc_exact = the exact pickle records
+TEST_SUFFIXES = {"pickle": "_exact", "folder": "_images"}
+
+
 class CIFARDataModule(ShardedDataModule):
-    """CIFAR-10/100 from the official pickles under ``<root>/cifar`` (``root`` defaults to LIT_PAPERS_DATA).
+    """CIFAR-10/100 under ``<root>/cifar`` (``root`` defaults to LIT_PAPERS_DATA), from the official pickles or a
+    folder of images.
 
     Args:
         dataset: ``cifar10`` or ``cifar100``.
         root: data root (the folder holding ``cifar/``); default ``$LIT_PAPERS_DATA``.
-        val_size: images held out of the training batches for validation (int) or a fraction (float);
+        source: where train/val images come from: ``pickle`` (the official batches in ``cifar-10-batches-py``,
+            exact pixels) or ``folder`` (``<root>/cifar/<image_folder>/{train,test}/<class>/*.jpg|png``, class
+            names from the sorted folder names; decoded once into a cached uint8 array, see
+            :mod:`lit_papers.data.image_folder`).
+        image_folder: the folder-of-images set under ``<root>/cifar`` (``cifar-10-jpeg``: all 60k images, JPEG q75).
+        test_sources: the test sets, in order (default ``[source]``). The first is logged as ``test/<metric>``,
+            further ones with a suffix: ``test/acc_exact`` for the pickle records, ``test/acc_images`` for a folder.
+        val_size: images held out of the training images for validation (int) or a fraction (float);
             5000 = the 45k/5k split of He et al. 2016.
         normalization: ``per_pixel_mean`` (He et al.: subtract the per-pixel mean of the training split)
-            or ``channel`` (per-channel mean/std of the training split).
+            or ``channel`` (per-channel mean/std of the training split). The statistics are saved in every
+            checkpoint (``state_dict``) and a checkpoint's statistics are used at test/predict time.
         augment: pad-4 random crop + horizontal flip on the training split.
         seed: seed of the training order and augmentation (default: the run's ``seed_everything``).
-        download: fetch the official archive when the folder is missing (``prepare_data``).
+        download: fetch the official archive when pickle files are missing (``prepare_data``).
     """
 
     def __init__(
@@ -179,6 +244,9 @@ class CIFARDataModule(ShardedDataModule):
         *,
         dataset: Literal["cifar10", "cifar100"] = "cifar10",
         root: str | None = None,
+        source: Source = "pickle",
+        image_folder: str = "cifar-10-jpeg",
+        test_sources: list[Source] | None = None,
         val_size: int | float = 5000,
         split_seed: int = 0,
         normalization: Literal["per_pixel_mean", "channel"] = "per_pixel_mean",
@@ -196,52 +264,187 @@ class CIFARDataModule(ShardedDataModule):
         self.eval_batch_size = eval_batch_size
         self.spec = CIFAR_SPECS[dataset]
         self.folder = family_dir("cifar", root) / self.spec.folder
+        self.image_dir = family_dir("cifar", root) / image_folder
+        self.source = source
+        self.test_sources = list(test_sources) if test_sources else [source]
+        if len(set(self.test_sources)) != len(self.test_sources):
+            raise ValueError(f"test_sources has a repeated source: {self.test_sources}")
+        self.test_metric_suffixes = [""] + [TEST_SUFFIXES[s] for s in self.test_sources[1:]]
         self.num_classes = self.spec.num_classes
         self.classes: list[str] = []
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+        self.data_description: dict = {}
+        self._pickles: dict | None = None
+        self._listings: dict[str, FolderListing] = {}
+        self._checkpoint_stats: dict | None = None
 
+    # -- files --------------------------------------------------------------------------------------------
     def _missing(self) -> list[str]:
         needed = [*self.spec.train_files, *self.spec.test_files, self.spec.meta_file]
         return [name for name in needed if not (self.folder / name).is_file()]
 
-    def prepare_data(self) -> None:
-        if not self._missing():
-            return
-        if not self.download:
-            raise DatasetMissingError(
-                f"{self.folder}: missing {', '.join(self._missing())}. Download {self.spec.remote.url} and extract "
-                f"it into {self.folder.parent}, or set download=true."
-            )
-        archive = fetch(self.spec.remote, self.folder.parent, family="cifar",
-                        expected=[f"{self.spec.folder}/{n}" for n in self._missing()])
-        extract(archive, self.folder.parent, member_root=self.spec.folder)
+    def _uses(self, source: str) -> bool:
+        return self.source == source or source in self.test_sources
 
+    def prepare_data(self) -> None:
+        if self._uses("folder"):
+            splits = (["train"] if self.source == "folder" else []) + (["test"] if "folder" in self.test_sources else [])
+            absent = [s for s in splits if not (self.image_dir / s).is_dir()]
+            if absent:
+                raise DatasetMissingError(
+                    f"{self.image_dir}: missing {', '.join(a + '/' for a in absent)} (expected {self.image_dir}/<split>/<class>/*.jpg|png; "
+                    "there is no download for a folder-of-images copy: put one there or use source=pickle)")
+        if self._uses("pickle"):
+            self._prepare_pickles()
+
+    def _prepare_pickles(self) -> None:
+        missing = self._missing()
+        if not missing:
+            return
+        remote = self.spec.remote
+        archive = self.folder.parent / remote.filename
+        if not archive.is_file():
+            if not self.download:
+                raise DatasetMissingError(
+                    f"{self.folder}: missing {', '.join(missing)}. Put {remote.filename} (from {remote.url}, md5 "
+                    f"{remote.md5}) into {self.folder.parent} and run again (a partial folder is moved aside and the "
+                    "archive extracted), or set download=true.")
+            archive = fetch(remote, self.folder.parent, family="cifar",
+                            expected=[f"{self.spec.folder}/{n}" for n in missing])
+        if self.folder.exists():  # a partial extraction: extract() would keep it as it is, forever
+            aside = self.folder.with_name(f"{self.folder.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.folder, aside)
+            print(f"[lit-papers] {self.folder} lacked {', '.join(missing)} (partial extraction); moved it to "
+                  f"{aside} (delete it when done) and extracting {archive} again", file=sys.stderr)
+        try:
+            verify_archive(archive)
+            extract(archive, self.folder.parent, member_root=self.spec.folder)
+        except DatasetError:
+            raise
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
+            raise DatasetError(f"{archive}: corrupt archive ({type(exc).__name__}: {exc}); delete it and download "
+                               f"it again from {remote.url} (md5 {remote.md5})") from exc
+        if still := self._missing():
+            raise DatasetError(f"{archive}: extracted, but {self.folder} still lacks {', '.join(still)} "
+                               "(not the official archive?)")
+
+    def _read(self, source: str, split: str, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list, dict]:
+        """One split of one source -> (images uint8 (N, 32, 32, 3), labels, class names, description)."""
+        if source == "pickle":
+            if missing := self._missing():
+                raise DatasetMissingError(f"{self.folder}: missing {', '.join(missing)} (run prepare_data / download)")
+            if self._pickles is None:
+                self._pickles = load_cifar(self.folder, self.dataset)
+            x, y = self._pickles[split]
+            names = self._pickles["classes"]
+            files = self.spec.train_files if split == "train" else self.spec.test_files
+            desc = {"source": "pickle", "path": str(self.folder), "files": list(files), "lossy": False}
+        else:
+            x, y, listing = load_image_folder(self.image_dir / split, hw=(32, 32),
+                                              classes=tuple(classes) if classes else None)
+            self._listings[split] = listing
+            names = list(listing.classes)
+            desc = {"source": "folder", "path": str(listing.root), "formats": listing.formats,
+                    "lossy": any(f in ("jpg", "jpeg") for f in listing.formats), "fingerprint": listing.fingerprint[:16]}
+        if classes is not None and list(names) != list(classes):
+            raise DatasetError(f"{desc['path']}: class names {names} differ from the training set's {classes}; "
+                               "labels would not mean the same classes")
+        if len(names) != self.num_classes:
+            raise DatasetError(f"{desc['path']}: {len(names)} classes, but {self.dataset} has {self.num_classes}")
+        return x, y, list(names), desc
+
+    # -- datasets ---------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.classes:
             return
-        if missing := self._missing():
-            raise DatasetMissingError(f"{self.folder}: missing {', '.join(missing)} (run prepare_data / download)")
-        data = load_cifar(self.folder, self.dataset)
-        self.classes = data["classes"]
-        x, y = data["train"]
+        x, y, classes, train_desc = self._read(self.source, "train", None)
         n_val = self.val_size
         n_val = int(round(n_val * len(x))) if isinstance(n_val, float) else int(n_val)
         if not 0 <= n_val < len(x):
-            raise ValueError(f"val_size={self.val_size} leaves no training images out of {len(x)} in {self.folder}")
+            raise ValueError(f"val_size={self.val_size} leaves no training images out of {len(x)} in "
+                             f"{train_desc['path']}")
         order = np.random.default_rng(self.split_seed).permutation(len(x))
         train_idx, val_idx = np.sort(order[n_val:]), np.sort(order[:n_val])
         x_train = x[train_idx]
-        if self.normalization == "per_pixel_mean":
-            mean = x_train.astype(np.float64).mean(axis=0) / 255.0  # (32, 32, 3)
-            std = np.ones(3)
-        else:
-            flat = x_train.reshape(-1, 3).astype(np.float64) / 255.0
-            mean, std = flat.mean(axis=0), flat.std(axis=0)
-        self.mean, self.std = mean, std
+        mean, std = self._statistics(x_train)
         common = dict(mean=mean, std=std)
         self.train_set = CIFARImages(x_train, y[train_idx], augment=self.augment, **common)
         self.val_set = CIFARImages(x[val_idx], y[val_idx], augment=False, **common)
-        self.test_set = CIFARImages(*data["test"], augment=False, **common)
+        self.test_sets, tests = [], []
+        for source, suffix in zip(self.test_sources, self.test_metric_suffixes, strict=True):
+            tx, ty, _, desc = self._read(source, "test", classes)
+            self.test_sets.append(CIFARImages(tx, ty, augment=False, **common))
+            tests.append({"metric_suffix": suffix, **desc, "images": len(tx)})
+        self.test_set = self.test_sets[0]
+        self.classes = classes
+        self.mean, self.std = mean, std
+        self.data_description = {
+            "train": {**train_desc, "images": len(train_idx)}, "val": {**train_desc, "images": len(val_idx)},
+            "test": tests, "split_seed": self.split_seed, "normalization": self.normalization,
+        }
+        self._pickles = None
+        d = self.data_description
+        for split, desc in [("train", d["train"]), ("val", d["val"]),
+                            *[(f"test{t['metric_suffix']}", t) for t in d["test"]]]:
+            self.report_split(split, self._describe(desc), {
+                "source": desc["source"], "images": desc["images"], "lossy": int(desc["lossy"]), "path": desc["path"]})
+        if self._checkpoint_stats is not None:
+            self._use_checkpoint_statistics(self._checkpoint_stats)
 
+    @staticmethod
+    def _describe(d: dict) -> str:
+        """Which files a split comes from, and whether they are lossy."""
+        kind = "exact pickle records" if d["source"] == "pickle" else "/".join(d["formats"]) + " images"
+        return f"{d['images']} {kind}{' (lossy)' if d['lossy'] else ''} from {d['path']}"
+
+    def image_refs(self) -> dict[str, list[ImageRef]]:
+        """The image files of each folder split (for ``lit-papers check-data``); pickles have none."""
+        return {split: [ImageRef(listing.root / rel, (32, 32), f"in the {listing.root} split") for rel in listing.files]
+                for split, listing in self._listings.items()}
+
+    def _statistics(self, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.normalization == "per_pixel_mean":
+            return x_train.astype(np.float64).mean(axis=0) / 255.0, np.ones(3)  # (32, 32, 3), (3,)
+        flat = x_train.reshape(-1, 3).astype(np.float64) / 255.0
+        return flat.mean(axis=0), flat.std(axis=0)
+
+    # -- what a checkpoint's predictions depend on ----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.mean is not None:
+            state["normalization"] = {
+                "kind": self.normalization,
+                "mean": torch.as_tensor(self.mean, dtype=torch.float64),
+                "std": torch.as_tensor(self.std, dtype=torch.float64),
+                "train_images": len(self.train_set),
+                "train_path": self.data_description["train"]["path"],
+            }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "normalization" in state_dict:
+            self._checkpoint_stats = state_dict["normalization"]
+            if self.classes:  # Lightning calls setup() before restoring the datamodule
+                self._use_checkpoint_statistics(self._checkpoint_stats)
+
+    def _use_checkpoint_statistics(self, saved: dict) -> None:
+        mean = torch.as_tensor(saved["mean"]).double().numpy()
+        std = torch.as_tensor(saved["std"]).double().numpy()
+        same = (saved.get("kind") == self.normalization and mean.shape == self.mean.shape
+                and np.allclose(mean, self.mean, atol=1e-9) and np.allclose(std, self.std, atol=1e-9))
+        if not same:
+            diff = (f"max |mean difference| {np.abs(mean - self.mean).max():.3g}" if mean.shape == self.mean.shape
+                    else f"{saved.get('kind')} vs {self.normalization}")
+            print(f"[lit-papers] using the checkpoint's normalisation statistics ({saved.get('kind')}, over "
+                  f"{saved.get('train_images')} training images of {saved.get('train_path')}); the current training "
+                  f"files give different ones ({diff})", file=sys.stderr)
+        self.mean, self.std = mean, std
+        for dataset in (self.train_set, self.val_set, *self.test_sets):
+            dataset.set_normalization(mean, std)
+
+    # -- loaders ------------------------------------------------------------------------------------------
     def train_dataloader(self):
         return self.train_loader(self.train_set)
 
@@ -249,7 +452,8 @@ class CIFARDataModule(ShardedDataModule):
         return self.eval_loader(self.val_set, batch_size=self.eval_batch_size)
 
     def test_dataloader(self):
-        return self.eval_loader(self.test_set, batch_size=self.eval_batch_size)
+        loaders = [self.eval_loader(s, batch_size=self.eval_batch_size) for s in self.test_sets]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self):
-        return self.test_dataloader()
+        return self.eval_loader(self.test_sets[0], batch_size=self.eval_batch_size)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lit_papers.data.cifar import CIFARDataModule
-from lit_papers.data.root import family_dir
+from lit_papers.data.root import generated_dir
 
 CLASSES = ("disc", "ring", "square", "outline", "triangle", "hbars", "vbars", "plus", "diagonal", "checker")
 FOLDER = "synthetic-cifar-10-batches-py"
@@ -99,12 +99,13 @@ def write_synthetic_cifar(folder: str | os.PathLike, *, per_batch: int = 2000, t
 
 
 class SyntheticCIFARDataModule(CIFARDataModule):
-    """:class:`CIFARDataModule` over generated shapes (written once under ``<root>/cifar/synthetic-...``)."""
+    """:class:`CIFARDataModule` over generated shapes, written once under ``$LIT_PAPERS_CACHE/generated/cifar/``
+    (``<root>/cifar/`` when ``root`` is given), never into the data root (issue 17.15)."""
 
     def __init__(self, *, per_batch: int = 2000, test_size: int = 2000, generator_seed: int = 0,
                  root: str | None = None, val_size: int | float = 1000, **kwargs) -> None:
         super().__init__(dataset="cifar10", root=root, val_size=val_size, download=False, **kwargs)
-        self.folder = family_dir("cifar", root) / FOLDER
+        self.folder = generated_dir("cifar", root) / FOLDER
         self.per_batch, self.test_size, self.generator_seed = per_batch, test_size, generator_seed
 
     def prepare_data(self) -> None:
