@@ -27,7 +27,7 @@ import torch
 import yaml
 from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 
@@ -40,6 +40,7 @@ from lit_papers.callbacks.atomic_checkpoint import (
 from lit_papers.callbacks.card import ReproductionCard
 from lit_papers.callbacks.csv_resume import ResumableCSVLogger
 from lit_papers.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from lit_papers.callbacks.progress import ThrottledProgressBar
 from lit_papers.callbacks.wandb_setup import make_wandb_logger
 from lit_papers.launch import run_dir as runs
 from lit_papers.launch.preemption import PreemptionCheckpoint
@@ -240,6 +241,8 @@ class LitPapersCLI(LightningCLI):
             kwargs["logger"] = loggers
         else:
             kwargs["logger"] = logger_cfg
+        if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(ThrottledProgressBar())  # redrawn every 0.5 s, not every step (callbacks/progress.py)
         if kwargs["logger"] and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":

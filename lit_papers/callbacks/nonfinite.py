@@ -5,9 +5,10 @@ One guard for every paper, installed by the CLI for every ``fit``:
 * ``on_before_backward`` (every backward, also ``manual_backward``) keeps a device-side flag "this loss is
   finite" (no host sync there);
 * ``on_before_optimizer_step`` (after backward, before gradient clipping and the step; called for manual
-  optimisation's ``opt.step()`` too) reads the flags of the losses since the last step and the largest absolute
-  gradient (``torch._foreach_norm(ord=inf)``, NaN-propagating, no overflow) in one host sync. Under ``16-mixed``
-  the gradient check is left to the GradScaler, which skips steps with inf gradients by design.
+  optimisation's ``opt.step()`` too) checks the losses since the last step and each gradient's 2-norm
+  (``torch._foreach_norm``: NaN/inf propagate; one fused pass on GPU) with one host sync; only when that says
+  non-finite are the tensors themselves checked (a finite gradient whose norm overflows does not stop the run).
+  Under ``16-mixed`` the gradient check is left to the GradScaler, which skips steps with inf gradients by design.
 
 On a non-finite value it writes ``<run folder>/nonfinite_batch.json`` (``nonfinite_batch_rank<r>.json`` on other
 ranks): the global step, epoch, the batch index and identifiers of each micro-batch since the last step (a
@@ -70,7 +71,7 @@ def last_finite_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 class NonFiniteGuard(L.Callback):
-    """See the module docstring. ``check_gradients``: also check gradients (one max-abs per step)."""
+    """See the module docstring. ``check_gradients``: also check gradients (one norm per tensor per step)."""
 
     def __init__(self, *, check_gradients: bool = True) -> None:
         self.check_gradients = check_gradients
@@ -88,13 +89,16 @@ class NonFiniteGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         checks = [loss.float().reshape(-1) for _, loss in self._losses]
+        grads = []
         if self.check_gradients and getattr(trainer.precision_plugin, "scaler", None) is None:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if grads:  # the largest |g| of each tensor: NaN propagates, nothing overflows
-                checks.append(torch.stack(torch._foreach_norm(grads, ord=float("inf"))).float().reshape(-1))
+            if grads:  # each tensor's 2-norm is finite iff all its entries are (or it overflowed: checked below)
+                checks.append(torch.stack(torch._foreach_norm(grads)).float().reshape(-1))
         if checks:
             device = checks[0].device
             bad = not bool(torch.isfinite(torch.cat([c.to(device) for c in checks])).all())  # one host sync
+            if bad:  # exact test, so that a huge but finite gradient whose norm overflowed does not stop the run
+                bad = any(not bool(torch.isfinite(x).all()) for x in [*(loss for _, loss in self._losses), *grads])
             if trainer.world_size > 1:
                 bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
             if bad:
