@@ -4,8 +4,13 @@ Every run gets: its own run folder (see :mod:`lit_papers.launch.run_dir`) with t
 ``ModelCheckpoint`` (``last.ckpt`` always, optionally every N steps) written atomically; a learning-rate
 monitor; the progress bar; ``seed_everything``; a CSV log; a W&B run (project ``lit-papers``, offline when no
 credentials are configured, off with ``--wandb false``) whose config is the full resolved CLI config; a
-reproduction card after ``test``. ``fit`` resumes automatically from the run folder (the newer of its HPC
-checkpoint and ``last.ckpt``).
+reproduction card after ``test``; a progress bar redrawn every 0.5 s. ``fit`` resumes automatically from the run
+folder (the newest of its HPC, ``last`` and periodic checkpoints that loads; one that does not is moved aside as
+``<name>.corrupt-<time>``) and stops at the first NaN/inf loss or gradient
+(:mod:`lit_papers.callbacks.nonfinite`, exit status 1). One live process per run folder: a second run with the
+same ``--run.version`` refuses to start (``run.lock``, see :mod:`lit_papers.launch.run_dir`); temporary files of
+killed writes are removed at start. A ``--ckpt_path`` is checked first (``weights_only=True``: a file that would
+run code when unpickled is refused; a truncated file is an error naming it).
 
 Extra subcommands handled before LightningCLI (``lit-papers --help`` lists them all): ``check-data`` (decode
 every image a config references, :mod:`lit_papers.data.check`), ``report`` (paper table from reproduction cards), ``sweep`` (local

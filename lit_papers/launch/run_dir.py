@@ -13,6 +13,12 @@ Rules (one place, so DDP ranks, Slurm requeues and re-runs agree):
   ``FINISHED`` and is not held by a live process (``run.lock``); else it starts ``v<N+1>``. Re-running the
   same command after a crash therefore continues it; re-running after it finished starts a fresh run;
   two concurrent runs never share a folder.
+* ``run.lock`` (``host:pid``, plus ``slurm_job=<id>`` under Slurm) is taken atomically by the CLI before anything
+  is written (:func:`take_lock`): a run given the folder of a live run (same ``--run.version``) refuses to start,
+  naming the folder and the PID; the lock of a dead process, or of an earlier instance of the same Slurm job
+  (requeued), is taken over with a message.
+* On resume, checkpoints that do not load are moved aside (:func:`loadable_resume_checkpoint`) and temporary files
+  of killed writes are deleted (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
