@@ -4,10 +4,16 @@ Every run gets: its own run folder (see :mod:`lit_papers.launch.run_dir`) with t
 ``ModelCheckpoint`` (``last.ckpt`` always, optionally every N steps) written atomically; a learning-rate
 monitor; the progress bar; ``seed_everything``; a CSV log; a W&B run (project ``lit-papers``, offline when no
 credentials are configured, off with ``--wandb false``) whose config is the full resolved CLI config; a
-reproduction card after ``test``. ``fit`` resumes automatically from the run folder (the newer of its HPC
-checkpoint and ``last.ckpt``).
+reproduction card after ``test``; a progress bar redrawn every 0.5 s. ``fit`` resumes automatically from the run
+folder (the newest of its HPC, ``last`` and periodic checkpoints that loads; one that does not is moved aside as
+``<name>.corrupt-<time>``) and stops at the first NaN/inf loss or gradient
+(:mod:`lit_papers.callbacks.nonfinite`, exit status 1). One live process per run folder: a second run with the
+same ``--run.version`` refuses to start (``run.lock``, see :mod:`lit_papers.launch.run_dir`); temporary files of
+killed writes are removed at start. A ``--ckpt_path`` is checked first (``weights_only=True``: a file that would
+run code when unpickled is refused; a truncated file is an error naming it).
 
-Extra subcommands handled before LightningCLI: ``report`` (paper table from reproduction cards), ``sweep`` (local
+Extra subcommands handled before LightningCLI (``lit-papers --help`` lists them all): ``check-data`` (decode
+every image a config references, :mod:`lit_papers.data.check`), ``report`` (paper table from reproduction cards), ``sweep`` (local
 W&B sweep runner, :mod:`lit_papers.launch.sweep`), ``slurm`` (sbatch rendering/submission,
 :mod:`lit_papers.launch.slurm`), ``retarget`` (Aberman et al. 2019 motion retargeting with a trained run,
 :mod:`lit_papers.papers.motion_retarget.retarget`). ``fit`` checkpoints and stops on SIGUSR1 (:mod:`lit_papers.launch.preemption`).
@@ -24,20 +30,52 @@ from pathlib import Path
 
 import torch
 import yaml
+from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 
-from lit_papers.callbacks.atomic_checkpoint import AtomicCheckpointIO, FinalLastCheckpoint
+from lit_papers.callbacks.atomic_checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    FinalLastCheckpoint,
+    read_checkpoint,
+)
 from lit_papers.callbacks.card import ReproductionCard
 from lit_papers.callbacks.csv_resume import ResumableCSVLogger
+from lit_papers.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from lit_papers.callbacks.progress import ThrottledProgressBar
 from lit_papers.callbacks.wandb_setup import make_wandb_logger
 from lit_papers.launch import run_dir as runs
 from lit_papers.launch.preemption import PreemptionCheckpoint
 from lit_papers.launch.sweep_trial import sweep_trial_callbacks
 
 START = time.time()
+
+COMMANDS = {  # `lit-papers --help`: every subcommand, one line each
+    "fit": "train a config (resumes its run folder after a crash or preemption; stops on a NaN/inf loss)",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split and write the paper's reproduction card",
+    "predict": "run a checkpoint on the predict split",
+    "report": "paper table from the reproduction cards (lit_papers.launch.report)",
+    "sweep": "run a W&B sweep file locally (lit_papers.launch.sweep)",
+    "slurm": "render or submit an sbatch script for a config (lit_papers.launch.slurm)",
+    "retarget": "retarget a 2D motion clip with a trained motion_retarget run",
+    "check-data": "decode every image a config's splits reference and report the bad ones (lit_papers.data.check)",
+}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def print_help(file=sys.stdout) -> None:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: lit-papers <command> [options]      (lit-papers <command> --help: the command's options)",
+             "", "commands:", *(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()), "",
+             "e.g. lit-papers fit --config configs/resnet_cifar/tiny.yaml"]
+    print("\n".join(lines), file=file)
 
 
 @dataclass
@@ -161,10 +199,27 @@ class LitPapersCLI(LightningCLI):
         self.run_dir = runs.choose_run_dir(self.experiment, subcommand=self.subcommand or "none", version=run.version)
         os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # processes launched by DDP land in the same folder
         cfg.trainer.default_root_dir = str(self.run_dir)
-        if self.subcommand == "fit" and cfg.get("ckpt_path") is None:
-            if runs.resumable(self.run_dir):  # newest of HPC (preemption) checkpoint and last.ckpt
-                cfg.ckpt_path = str(runs.resume_checkpoint(self.run_dir))
-                print(f"[lit-papers] resuming from {cfg.ckpt_path}", file=sys.stderr)
+        first_rank = (_get_rank() or 0) == 0  # DDP ranks launched later by this process, or by srun, are not
+        if first_rank:
+            try:  # one process per run folder: a second run with the same --run.version must not clobber it
+                runs.take_lock(self.run_dir, log=_say)
+            except runs.RunLocked as exc:
+                raise SystemExit(f"[lit-papers] {exc}") from None
+            runs.remove_stale_temps(self.run_dir, log=_say)
+        self.resume_step: int | None = None
+        ckpt_path = cfg.get("ckpt_path")
+        if self.subcommand == "fit" and ckpt_path is None and not (self.run_dir / runs.FINISHED).exists():
+            # newest loadable of the HPC (preemption), last and periodic checkpoints; broken ones moved aside
+            found = runs.loadable_resume_checkpoint(self.run_dir, log=_say, move_aside=first_rank)
+            if found is not None:
+                cfg.ckpt_path = str(found[0])
+                self.resume_step = found[1].get("global_step")
+                _say(f"[lit-papers] resuming from {cfg.ckpt_path}")
+        elif ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt_path):
+            try:  # a clear error naming the file instead of Lightning's raw reader error (or KeyError: 101)
+                self.resume_step = read_checkpoint(ckpt_path).get("global_step")
+            except CheckpointError as exc:
+                raise SystemExit(f"[lit-papers] --ckpt_path {exc}") from None
         if cfg.trainer.get("precision") is None:
             cfg.trainer.precision = default_precision(str(cfg.trainer.get("accelerator") or "auto"))
 
@@ -184,15 +239,20 @@ class LitPapersCLI(LightningCLI):
         logger_cfg = trainer_cfg.get("logger")
         if logger_cfg is None or logger_cfg is True:
             resuming = self.subcommand == "fit" and cfg.get("ckpt_path") is not None
-            loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv", append=resuming)]
+            loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv", append=resuming,
+                                                        resume_step=self.resume_step if resuming else None)]
             if cfg.wandb:
                 loggers.append(make_wandb_logger(run_dir, name=f"{self.experiment}/{run_dir.name}"))
             kwargs["logger"] = loggers
         else:
             kwargs["logger"] = logger_cfg
+        if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(ThrottledProgressBar())  # redrawn every 0.5 s, not every step (callbacks/progress.py)
         if kwargs["logger"] and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":
+            if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
+                callbacks.append(NonFiniteGuard())
             callbacks.append(FinalLastCheckpoint())
             callbacks.append(PreemptionCheckpoint(run_dir))
             callbacks.extend(sweep_trial_callbacks())
@@ -208,7 +268,6 @@ class LitPapersCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         run_dir = self.run_dir
-        runs.take_lock(run_dir) if self.trainer.is_global_zero else None
         finished = False
         try:
             super()._run_subcommand(subcommand)
@@ -220,9 +279,23 @@ class LitPapersCLI(LightningCLI):
                 runs.release_lock(run_dir, finished=finished)
 
 
+def _check_data(argv: list[str]) -> int:
+    try:  # lazily: the data checker is optional for every other command
+        from lit_papers.data.check import main as check_main
+    except ImportError as exc:
+        _say(f"[lit-papers] check-data is not available in this installation ({exc})")
+        return 2
+    return check_main(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print_help(sys.stdout if argv else sys.stderr)
+        raise SystemExit(0 if argv else 2)
+    if argv[0] == "check-data":
+        raise SystemExit(_check_data(argv[1:]))
     if argv and argv[0] == "report":
         from lit_papers.launch.report import main as report_main
 
@@ -238,7 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     previous = os.environ.get(runs.RUN_DIR_ENV)
     try:
         LitPapersCLI(args=argv if explicit else None)
+    except NonFiniteError as exc:  # the record is in the run folder; a traceback would add nothing
+        _say(f"[lit-papers] {exc}")
+        raise SystemExit(1) from None
     finally:  # in-process callers (tests, notebooks) must not inherit this run's folder
+        runs.release_held_locks()
         if previous is None:
             os.environ.pop(runs.RUN_DIR_ENV, None)
         else:

@@ -104,3 +104,30 @@ def test_hparam_differences_names_each_changed_model_argument():
     assert lines == ["model.init_args.tta: using the config's None; the checkpoint was trained with [2, 1]"]
     assert hparam_differences({"_class_path": "a.C"}, model) == ["model class: config a.B, checkpoint a.C"]
     assert hparam_differences({}, model) == []
+
+
+def test_help_lists_every_subcommand(cli):
+    from lit_papers.cli import COMMANDS
+
+    out = cli("--help").stdout
+    for name in ("fit", "validate", "test", "predict", "report", "sweep", "slurm", "retarget", "check-data"):
+        assert name in COMMANDS
+        lines = [line for line in out.splitlines() if line.split()[:1] == [name]]
+        assert len(lines) == 1 and len(lines[0].split()) > 2, f"{name}: {lines}"
+
+
+def test_check_data_dispatches_to_the_data_checker(monkeypatch):
+    import sys
+    import types
+
+    import pytest
+
+    from lit_papers import cli
+
+    calls = []
+    fake = types.ModuleType("lit_papers.data.check")
+    fake.main = lambda argv: calls.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "lit_papers.data.check", fake)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["check-data", "--config", TINY])
+    assert info.value.code == 3 and calls == [["--config", TINY]]

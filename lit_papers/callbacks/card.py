@@ -422,6 +422,8 @@ class ReproductionCard(L.Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
+        if (Path(self.run_dir or trainer.default_root_dir) / "nonfinite_batch.json").exists():
+            return print("[card] no result: this run stopped on a non-finite loss (nonfinite_batch.json)")
         rows = self.rows(trainer, pl_module)
         if not rows:
             return

@@ -3,7 +3,10 @@ saved as ``<run folder>/predictions_<stage>.png`` and logged to W&B (``<stage>/p
 
 Reads ``pl_module.example_predictions`` = ``{"items": [{"image": (3, H, W) float [0, 1], "boxes": (N, 4) xyxy,
 "labels": (N,) 1..K, "scores": (N,), "masks": optional (N, H, W) probabilities}]}`` (set by the detection
-LitModule) and ``trainer.datamodule.class_names``. Drawing uses ``torchvision.utils``.
+LitModule) and ``trainer.datamodule.class_names``. After each evaluation batch the callback takes the items the
+module published and sets ``example_predictions`` back to ``None`` (the module publishes the next batch's when it
+finds ``None``), until it holds ``max_images``: the picture shows ``max_images`` images whatever the evaluation
+batch size. Drawing uses ``torchvision.utils``.
 """
 
 from __future__ import annotations
@@ -51,13 +54,31 @@ class DetectionPictures(L.Callback):
     def __init__(self, *, max_images: int = 8, score_thresh: float = 0.5) -> None:
         self.max_images = max_images
         self.score_thresh = score_thresh
+        self.items: list[dict] = []
+
+    def _collect(self, pl_module) -> None:
+        examples = getattr(pl_module, "example_predictions", None)
+        if len(self.items) >= self.max_images or not examples:
+            return
+        self.items.extend(examples.get("items", [])[: self.max_images - len(self.items)])
+        pl_module.example_predictions = None  # taken: the module publishes the next batch's
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.items = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(pl_module)
+
+    on_test_batch_end = on_validation_batch_end
 
     def _draw(self, trainer, pl_module, stage: str) -> None:
-        examples = getattr(pl_module, "example_predictions", None)
-        if trainer.sanity_checking or not trainer.is_global_zero or not examples:
+        self._collect(pl_module)
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.items:
             return
         names = list(getattr(trainer.datamodule, "class_names", []) or [])
-        grid = draw_predictions(examples["items"][: self.max_images], names, score_thresh=self.score_thresh)
+        grid = draw_predictions(self.items[: self.max_images], names, score_thresh=self.score_thresh)
         path = Path(trainer.default_root_dir) / f"predictions_{stage}.png"
         tmp = path.with_name(f".{path.name}.tmp.png")
         write_png(grid, str(tmp))

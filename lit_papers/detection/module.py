@@ -2,9 +2,9 @@
 Mask R-CNN, whose paper modules subclass it). The detector, optimizer and scheduler are injected.
 
 * ``training_step``: the detector's loss dict (float32) summed; logged as ``train/loss`` and ``train/<name>``.
-  A NaN/inf loss stops the run: the batch's COCO image ids and loss values are written to
-  ``<run folder>/nonfinite_batch.json`` and ``FloatingPointError`` is raised *before* any optimizer step, so the
-  weights (and ``last.ckpt``) are never corrupted.
+  A NaN/inf loss or gradient stops the run before the optimizer step (the CLI's
+  :class:`~lit_papers.callbacks.nonfinite.NonFiniteGuard`); ``batch_identifiers`` gives it the batch's COCO image
+  ids for ``<run folder>/nonfinite_batch.json``.
 * ``validation_step``/``test_step``: detections are mapped back to each image's original size (boxes divided by
   the datamodule's ``scale``; 28x28 mask probabilities pasted into the box with torchvision's
   ``paste_masks_in_image`` and binarised at ``mask_threshold``), then handed to
@@ -18,8 +18,6 @@ Mask R-CNN, whose paper modules subclass it). The detector, optimizer and schedu
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -32,8 +30,6 @@ from torchvision.models.detection.transform import paste_masks_in_image
 from lit_papers.metrics.coco_eval import COCOEvaluator, summary_table, write_results
 from lit_papers.metrics.voc_eval import voc_map
 from lit_papers.schedules import optimizer_config
-
-NONFINITE_FILE = "nonfinite_batch.json"
 
 
 class DetectionLitModule(L.LightningModule):
@@ -57,24 +53,15 @@ class DetectionLitModule(L.LightningModule):
         images, targets = batch
         losses = self.model(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            self._stop_on_nonfinite(targets, losses)
         bs = len(images)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in losses.items():
             self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
-    def _stop_on_nonfinite(self, targets: list[dict], losses: dict[str, torch.Tensor]) -> None:
-        folder = Path(self.trainer.default_root_dir if self._trainer is not None else ".")
-        path = folder / (NONFINITE_FILE if self.global_rank == 0 else f"nonfinite_batch_rank{self.global_rank}.json")
-        record = {"global_step": int(self.global_step), "image_ids": [int(t["image_id"]) for t in targets],
-                  "losses": {k: float(v.detach()) for k, v in losses.items()}}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, path)
-        raise FloatingPointError(f"non-finite loss at step {self.global_step} ({record['losses']}); image ids "
-                                 f"{record['image_ids']} saved to {path}. No optimizer step was taken.")
+    def batch_identifiers(self, batch) -> list[int]:
+        """The COCO image ids of a training batch (saved by the non-finite guard)."""
+        return [int(t["image_id"]) for t in batch[1]]
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def _start_eval(self, stage: str) -> None:

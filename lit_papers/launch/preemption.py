@@ -62,6 +62,8 @@ class PreemptionCheckpoint(Callback):
         self._previous = None
         self._installed = False
         self._last_step = -1
+        self._hpc_pending = False  # HPC checkpoints exist that a newer last.ckpt may supersede
+        self._resumed_step = 0
 
     # -- signal ---------------------------------------------------------------------------------------------
     def _handle(self, signum, frame) -> None:
@@ -81,15 +83,43 @@ class PreemptionCheckpoint(Callback):
                   file=sys.stderr, flush=True)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._drop_superseded(trainer)
         if self._installed:
             signal.signal(self.signum, self._previous if self._previous is not None else signal.SIG_DFL)
             self._installed = False
 
     # -- the safe point -------------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._last_step = trainer.global_step
+        self._last_step = self._resumed_step = trainer.global_step
+        self._hpc_pending = trainer.is_global_zero and bool(hpc_checkpoints(self.run_dir))
+
+    def _drop_superseded(self, trainer: Trainer) -> None:
+        """Delete the HPC checkpoints older than a ``last.ckpt`` this run has written since it resumed from them
+        (so a finished run keeps no stale preemption checkpoint, and a crash later resumes from the newer one)."""
+        if not self._hpc_pending or not trainer.is_global_zero:
+            return
+        lasts = [Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" for cb in trainer.checkpoint_callbacks
+                 if getattr(cb, "save_last", False) and getattr(cb, "dirpath", None)]
+        newest = max((p.stat().st_mtime_ns for p in lasts if p.is_file()), default=None)
+        if newest is None or not any(getattr(cb, "_last_global_step_saved", -1) >= self._resumed_step
+                                     for cb in trainer.checkpoint_callbacks):
+            return
+        remaining = []
+        for old in hpc_checkpoints(self.run_dir):
+            if old.stat().st_mtime_ns < newest:
+                old.unlink(missing_ok=True)
+                print(f"[lit-papers] removed {old}: superseded by a newer last.ckpt", file=sys.stderr, flush=True)
+            else:
+                remaining.append(old)
+        self._hpc_pending = bool(remaining)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._drop_superseded(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self._hpc_pending:
+            self._drop_superseded(trainer)
         if trainer.global_step == self._last_step:
             return  # inside a gradient-accumulation window: not a safe point (same decision on every rank)
         self._last_step = trainer.global_step

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from lit_papers.detection.module import NONFINITE_FILE, DetectionLitModule
+from lit_papers.callbacks.nonfinite import NONFINITE_FILE, NonFiniteError, NonFiniteGuard
+from lit_papers.detection.module import DetectionLitModule
 from lit_papers.detection.rcnn import RCNN
 from lit_papers.papers.mask_rcnn.model import MaskRCNN
 
@@ -84,15 +85,19 @@ class _NaNModel(torch.nn.Module):
         return {"loss_classifier": self.w * float("nan"), "loss_box_reg": self.w}
 
 
-def test_nonfinite_loss_stops_and_saves_image_ids(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_nonfinite_loss_stops_and_saves_image_ids(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
     module = DetectionLitModule(model=_NaNModel(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     images, targets = batch()
     targets[0]["image_id"], targets[1]["image_id"] = 139, 802
-    with pytest.raises(FloatingPointError, match="139"):
-        module.training_step((images, targets), 0)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[NonFiniteGuard()])
+    with pytest.raises(NonFiniteError, match="139"):
+        trainer.fit(module, DataLoader([(images, targets)], batch_size=None, collate_fn=lambda b: b))
     record = json.loads((tmp_path / NONFINITE_FILE).read_text())
-    assert record["image_ids"] == [139, 802] and record["losses"]["loss_box_reg"] == 1.0
+    assert record["batch_identifiers"] == [139, 802] and record["reason"] == "loss"
     assert module.model.w.item() == 1.0  # no step taken
 
 

@@ -104,6 +104,8 @@ def test_sigusr1_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming from {hpc}" in second.stderr
     assert (run_dir / runs.FINISHED).is_file()
+    # the finished run keeps no preemption checkpoint once it has written a newer last.ckpt (issue 17.11)
+    assert not runs.hpc_checkpoints(run_dir) and f"removed {hpc}" in second.stderr
 
     reference = subprocess.run([sys.executable, "-m", "lit_papers", *SHORT], cwd=REPO, env=_env(tmp_path / "ref"),
                                capture_output=True, text=True, timeout=300)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from lit_papers.callbacks.atomic_checkpoint import CheckpointError, read_checkpoint
 from lit_papers.callbacks.skeleton_render import filmstrip, save_gif, side_by_side
 from lit_papers.data.mixamo import MixamoDataModule, _load_motion, load_openpose, load_stats
 from lit_papers.ops import motion2d as M
@@ -55,7 +56,13 @@ def load_run(config: str | os.PathLike, ckpt: str | os.PathLike) -> tuple[Retarg
         raise SystemExit(f"{config}: not a motion_retarget config (needs model.init_args.model and data)") from exc
     net = _instantiate(RetargetNet, net_cfg)
     data = _instantiate(MixamoDataModule, data_cfg)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    try:  # weights_only: a checkpoint the user points at never runs code while it is read
+        checkpoint = read_checkpoint(ckpt, mmap=False)
+    except CheckpointError as exc:
+        raise SystemExit(str(exc)) from exc
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise SystemExit(f"{ckpt}: not a Lightning checkpoint (no state_dict)")
+    state = checkpoint["state_dict"]
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     net.load_state_dict(weights)
     return net.eval(), data
