@@ -196,6 +196,12 @@ class LitPapersCLI(LightningCLI):
         derived = runs.experiment_name(config_paths, model_class)
         self.variant = derived.rsplit("/", 1)[-1] if config_paths else None  # the recipe's stem, e.g. resnet20
         self.config_paths = config_paths
+        if cfg.get("data") is not None and (_get_rank() or 0) == 0:
+            from lit_papers.data.check import switched_class_note
+
+            note = switched_class_note(config_paths, _plain(cfg.data))
+            if note:  # issue 17 case 13: a class switched on the command line silently kept the config's paths
+                _say(f"[lit-papers] {note}")
         self.run_dir = runs.choose_run_dir(self.experiment, subcommand=self.subcommand or "none", version=run.version)
         os.environ[runs.RUN_DIR_ENV] = str(self.run_dir)  # processes launched by DDP land in the same folder
         cfg.trainer.default_root_dir = str(self.run_dir)

@@ -131,3 +131,14 @@ def test_check_data_dispatches_to_the_data_checker(monkeypatch):
     with pytest.raises(SystemExit) as info:
         cli.main(["check-data", "--config", TINY])
     assert info.value.code == 3 and calls == [["--config", TINY]]
+
+
+def test_switching_the_datamodule_class_names_the_kept_config_values(cli):
+    # issue 17 case 13: --data COCODataModule over the shapes tiny recipe keeps subdir: shapes-tiny; the CLI says so
+    # before anything runs, and the missing-data error names the config key that chose the folder.
+    proc = cli("fit", "--config", "configs/mask_rcnn/tiny.yaml", "--data", "lit_papers.data.coco.COCODataModule",
+               "--wandb", "false", "--trainer.max_steps", "1", check=False)
+    err = proc.stderr
+    assert proc.returncode != 0
+    assert "--data switched lit_papers.data.coco.ShapesDataModule -> lit_papers.data.coco.COCODataModule" in err
+    assert "data.init_args.subdir = 'shapes-tiny'" in err
