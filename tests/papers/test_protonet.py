@@ -42,9 +42,9 @@ def test_tiny_fit_and_test_on_the_real_data(cli):
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     proc = cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", str(ckpt))
-    assert "test/official_20way_1shot_acc" in proc.stdout and "test/5way_5shot_ci95" in proc.stdout
+    assert "test/official_20way_1shot_acc" in proc.stdout and "test/5way_5shot_acc_ci95" in proc.stdout
     metrics = (cli.runs / "protonet" / "tiny" / "v1" / "csv" / "metrics.csv").read_text()
-    assert "test/official_20way_1shot_acc" in metrics and "test/5way_5shot_ci95" in metrics
+    assert "test/official_20way_1shot_acc" in metrics and "test/5way_5shot_acc_ci95" in metrics
 
 
 def test_cached_evaluation_equals_direct_evaluation(shared_data):
@@ -87,7 +87,7 @@ def test_ddp_test_metrics_equal_single_process(cli):
         "--trainer.strategy", "ddp", "--trainer.devices", "2", timeout=900)
     cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", ckpt, *tasks)
     two, one = cli.runs / "protonet" / "tiny" / "v1", cli.runs / "protonet" / "tiny" / "v2"
-    for key in ("test/official_20way_1shot_acc", "test/5way_1shot_acc", "test/5way_1shot_ci95", "test/loss"):
+    for key in ("test/official_20way_1shot_acc", "test/5way_1shot_acc", "test/5way_1shot_acc_ci95", "test/loss"):
         assert last(two, key) == pytest.approx(last(one, key), rel=1e-5, abs=1e-7), key
 
 
