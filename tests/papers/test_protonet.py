@@ -45,6 +45,13 @@ def test_tiny_fit_and_test_on_the_real_data(cli):
     assert "test/official_20way_1shot_acc" in proc.stdout and "test/5way_5shot_acc_ci95" in proc.stdout
     metrics = (cli.runs / "protonet" / "tiny" / "v1" / "csv" / "metrics.csv").read_text()
     assert "test/official_20way_1shot_acc" in metrics and "test/5way_5shot_acc_ci95" in metrics
+    import csv
+
+    row = [r for r in csv.DictReader(metrics.splitlines()) if r.get("test/official_20way_1shot_acc")][-1]
+    assert float(row["test/official_20way_1shot_acc_n"]) == 400  # 20 runs x 20 queries: binomial over queries
+    p, ci = float(row["test/official_20way_1shot_acc"]), float(row["test/official_20way_1shot_acc_ci95"])
+    assert ci == pytest.approx(1.959964 * (p * (1 - p) / 400) ** 0.5, rel=1e-4)
+    assert float(row["test/5way_5shot_acc_n"]) > 0  # episodes
 
 
 def test_cached_evaluation_equals_direct_evaluation(shared_data):
