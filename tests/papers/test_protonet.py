@@ -157,3 +157,14 @@ def test_config_settings_win_over_checkpoint_hyperparameters_at_test_time(cli):
     one, two = cli.runs / "protonet" / "tiny" / "v1", cli.runs / "protonet" / "tiny" / "v2"
     assert yaml.safe_load((two / "config.yaml").read_text())["model"]["init_args"]["test_time_augment"] == [2, 10, 1]
     assert last(two, "test/loss") != pytest.approx(last(one, "test/loss"), rel=1e-6)  # TTA really was applied
+
+
+def test_tiny_alphabets_config_trains_and_every_parameter_gets_a_gradient(cli, tmp_path):
+    """The tiny preset of a new variant (the generic test in tests/test_configs.py only picks up tiny.yaml)."""
+    import json
+
+    out = tmp_path / "grads.json"
+    cli("fit", "--config", "configs/protonet/tiny_alphabets.yaml", "--wandb", "false", "--trainer.fast_dev_run", "true",
+        "--trainer.callbacks+=tests.helpers.probes.CheckAllGradients", f"--trainer.callbacks.out={out}")
+    grads = json.loads(out.read_text())
+    assert grads["total"] > 0 and grads["missing"] == [], grads["missing"][:10]
