@@ -1,7 +1,7 @@
 """ProtoNet training speed. Two measurements, printed as one JSON line:
 
 1. ``ratio_vs_plain`` (issue 19, target >= 1.0): our full ``fit`` (LitPapersCLI: Trainer + OmniglotDataModule +
-   ProtoNetLitModule, with the CLI's callbacks and loggers, ``configs/protonet/small1_1shot.yaml``) in episodes/s,
+   ProtoNetLitModule, with the CLI's callbacks and loggers, ``configs/protonet/vinyals_1shot.yaml``) in episodes/s,
    divided by a plain PyTorch loop's episodes/s: the same conv-4 and loss (eq. 2), 60-way 1-shot 5-query episodes
    built by the simplest correct code (index a float tensor of the training classes' images, no Lightning), Adam.
    Interleaved in one process (see ``tests/benchmarks/interleave.py``).
@@ -71,9 +71,9 @@ def main() -> None:
     parser.add_argument("--query", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--fit-steps", type=int, default=60, help="episodes of our fit (plain: the same count)")
+    parser.add_argument("--fit-steps", type=int, default=30, help="episodes of our fit (plain: the same count)")
     parser.add_argument("--block", type=int, default=10, help="episodes per interleaved block")
-    parser.add_argument("--config", default="configs/protonet/small1_1shot.yaml")
+    parser.add_argument("--config", default="configs/protonet/vinyals_1shot.yaml")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
