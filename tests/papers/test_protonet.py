@@ -200,3 +200,22 @@ def test_channels_last_is_faster_memory_layout_with_the_same_numbers():
     for (name, a), b in zip(plain.model.named_parameters(), fast.model.parameters()):
         # gradients are O(1); a conv bias in front of batch norm has true gradient 0 and shows rounding noise only
         torch.testing.assert_close(a.grad, b.grad.contiguous(), rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_val_curve_reads_validation_rows_and_picks_the_lowest_loss(tmp_path):
+    from lit_papers.papers.protonet.val_curve import choose, read_curve, table
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/5way_1shot_acc,val/5way_1shot_acc_ci95,val/5way_1shot_loss,val/loss,"
+                    "test/5way_1shot_acc\n"
+                    "0,24,1.5,,,,,\n"
+                    "4,499,,0.97,0.007,0.08,0.16,\n"
+                    "9,999,,0.98,0.006,0.05,0.12,\n"
+                    "14,1499,,0.985,0.005,0.06,0.11,\n"
+                    "14,1499,,,,,,0.99\n")  # a test row: never read
+    curve = read_curve(path)
+    assert [p["episodes"] for p in curve] == [500, 1000, 1500]
+    assert all(not any(k.startswith("test/") for k in p) for p in curve)
+    assert choose(curve, "val/5way_1shot_loss")["episodes"] == 1000  # lowest 5-way loss, not lowest val/loss
+    assert choose(curve, "val/loss")["episodes"] == 1500
+    assert "| 1000 | 98.00 ± 0.60 | 0.1200 |" in table(curve)
