@@ -103,12 +103,13 @@ def test_instance_counts_and_interval_over_episodes_by_hand():
     assert mean == 0.75 and math.isclose(ci, 1.959963984540054 * 0.25)  # sample var 0.125 over 2 episodes
 
 
-def test_tiny_per_head_config_trains_and_every_parameter_gets_a_gradient(cli, tmp_path):
-    """The tiny preset of a new variant (the generic test in tests/test_configs.py only picks up tiny.yaml)."""
+@pytest.mark.parametrize("config", ["tiny_per_head", "tiny_alphabets"])
+def test_tiny_variant_configs_train_and_every_parameter_gets_a_gradient(cli, tmp_path, config):
+    """The tiny presets of new variants (the generic test in tests/test_configs.py only picks up tiny.yaml)."""
     import json
 
     out = tmp_path / "grads.json"
-    cli("fit", "--config", "configs/mann/tiny_per_head.yaml", "--wandb", "false", "--trainer.fast_dev_run", "true",
+    cli("fit", "--config", f"configs/mann/{config}.yaml", "--wandb", "false", "--trainer.fast_dev_run", "true",
         "--trainer.callbacks+=tests.helpers.probes.CheckAllGradients", f"--trainer.callbacks.out={out}")
     grads = json.loads(out.read_text())
     assert grads["total"] > 0 and grads["missing"] == [], grads["missing"][:10]
