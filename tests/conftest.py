@@ -3,13 +3,20 @@
 ``LIT_PAPERS_DATA`` points at the real dataset samples (CI: ``../shared/data``); when unset, the sibling
 ``shared/data`` of the checkout is used. Tests never touch the network: downloads are tested against a
 loopback HTTP server.
+
+The data root is read-only for the suite: generated data (shapes, synthetic sets) goes to ``$LIT_PAPERS_CACHE``,
+which is a per-session temporary folder unless set, and the session fails if the listing (path, size, mtime) of
+``$LIT_PAPERS_DATA`` changed while it ran.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +28,47 @@ if not os.environ.get("LIT_PAPERS_DATA") and _default.is_dir():
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download (timm weights): fail fast instead of retrying
+if not os.environ.get("LIT_PAPERS_CACHE"):  # generated sets of this session: never the data root, never stale
+    _cache = tempfile.mkdtemp(prefix="lit-papers-test-cache-")
+    os.environ["LIT_PAPERS_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+
+def tree_listing(root: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime_ns)} of every file and folder under ``root`` (symlinks not followed)."""
+    out: dict[str, tuple[int, int]] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def listing_changes(before: dict, after: dict, limit: int = 20) -> list[str]:
+    """Human-readable differences between two :func:`tree_listing` results (at most ``limit``)."""
+    lines = [f"added {p}" for p in sorted(after.keys() - before.keys())]
+    lines += [f"removed {p}" for p in sorted(before.keys() - after.keys())]
+    lines += [f"changed {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+_DATA_ROOT = Path(os.environ["LIT_PAPERS_DATA"]) if os.environ.get("LIT_PAPERS_DATA") else None
+_DATA_BEFORE = tree_listing(_DATA_ROOT) if _DATA_ROOT is not None and _DATA_ROOT.is_dir() else None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when the suite wrote into the data root (issue 17, case 15)."""
+    if _DATA_BEFORE is None or hasattr(session.config, "workerinput"):  # xdist: the controller checks
+        return
+    changes = listing_changes(_DATA_BEFORE, tree_listing(_DATA_ROOT))
+    if changes:
+        print(f"\nERROR: the test suite modified LIT_PAPERS_DATA={_DATA_ROOT} (it must stay read-only):\n  "
+              + "\n  ".join(changes), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

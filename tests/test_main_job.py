@@ -24,8 +24,11 @@ def test_readme_command_1_is_the_shapes_main_job_and_runs_scaled_down(cli, tmp_p
     proc = cli("fit", "--config", "configs/mask_rcnn/shapes.yaml", "--wandb", "false",
                "--data.init_args.num_train", "16", "--data.init_args.num_val", "4", "--data.init_args.batch_size", "4",
                "--data.init_args.eval_batch_size", "4", "--data.init_args.num_workers", "0",
-               "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", env={"LIT_PAPERS_DATA": str(data)})
-    coco = json.loads((data / "coco" / "shapes" / "annotations" / "instances_val2017.json").read_text())
+               "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+               env={"LIT_PAPERS_DATA": str(data), "LIT_PAPERS_CACHE": str(tmp_path / "cache")})
+    assert not data.exists()  # generated data goes to the cache, never into the data root
+    generated = tmp_path / "cache" / "generated" / "coco" / "shapes"
+    coco = json.loads((generated / "annotations" / "instances_val2017.json").read_text())
     assert len(coco["images"]) == 4 and {c["name"] for c in coco["categories"]} == {"circle", "square", "triangle"}
     assert all(a["segmentation"] for a in coco["annotations"])  # polygon masks
     run = cli.runs / "mask_rcnn" / "shapes" / "v0"
@@ -56,7 +59,7 @@ def test_main_job_runs_on_generated_data(cli, tmp_path):
 def test_readme_paper_table_is_current():
     text = (REPO / "README.md").read_text()
     current = text.split(report.START, 1)[1].split(report.END, 1)[0].strip()
-    assert current == report.markdown(report.collect()).strip(), "run `lit-papers report --write README.md`"
+    assert current == report.headline_markdown(report.collect()).strip(), "run `lit-papers report --write`"
 
 
 def test_report_json_lists_rows_with_evidence():

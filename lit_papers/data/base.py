@@ -8,11 +8,15 @@ Subclasses build datasets in ``setup`` and call :meth:`train_loader` / :meth:`ev
 * Mid-epoch resume: the datamodule's ``state_dict`` (saved by Lightning inside every checkpoint) records
   the epoch and the number of batches the training loop has consumed; after a restart the sampler skips
   exactly those, so an interrupted run ends with the same weights as an uninterrupted one.
+* :meth:`report_split` prints one line per split at setup (where the data comes from, how much was kept and
+  skipped, by reason; rank zero only) and stores the counts in every attached logger (W&B, CSV) as
+  ``data/<split>/<count>`` hyperparameters.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import lightning as L
@@ -43,6 +47,19 @@ class ShardedDataModule(L.LightningDataModule):
         if self.seed is not None:
             return self.seed
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    # -- what was loaded -------------------------------------------------------------------------------
+    def report_split(self, split: str, line: str, counts: dict[str, int | float | str]) -> None:
+        """Print ``[lit-papers] data <split>: <line>`` once (rank zero) and log ``counts`` to the trainer's
+        loggers as ``data/<split>/<key>`` (no-op without a trainer)."""
+        rank, _ = self.world()
+        if rank == 0:
+            print(f"[lit-papers] data {split}: {line}", file=sys.stderr, flush=True)
+        trainer = self.trainer
+        loggers = list(getattr(trainer, "loggers", None) or []) if trainer is not None else []
+        params = {f"data/{split}/{k}": v for k, v in counts.items()}
+        for logger in loggers:
+            logger.log_hyperparams(params)
 
     # -- loaders --------------------------------------------------------------------------------------
     def train_loader(self, dataset: Dataset, *, collate_fn=None, drop_last: bool = True, **kwargs) -> DataLoader:

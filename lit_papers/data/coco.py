@@ -1,7 +1,8 @@
 """MS-COCO instances (official 2017 layout) through pycocotools, for detection and instance segmentation.
 
 Layout under ``<root>/coco[/<subdir>]``: ``annotations/instances_{train,val}2017.json``, ``train2017/``,
-``val2017/`` (the generated :mod:`lit_papers.data.shapes` set uses the same layout under ``coco/shapes``).
+``val2017/`` (the generated :mod:`lit_papers.data.shapes` set uses the same layout under
+``$LIT_PAPERS_CACHE/generated/coco/shapes``).
 
 A sample is ``(image, target)``: ``image`` float32 (3, H, W) in [0, 1] (RGB, after augmentation; the model
 normalises), ``target`` a dict as torchvision's detectors take it:
@@ -19,7 +20,16 @@ Annotation hygiene (counted in ``COCODetection.stats`` and logged once, never a 
 boxes are clipped to the image; boxes with width or height < ``min_box_size`` after clipping (degenerate or
 outside the image) are dropped; training skips images left without any object; a JSON without ``info`` /
 ``licenses`` loads (pycocotools' ``loadRes`` needs neither). A missing image file or annotation file raises
-:class:`DatasetMissingError` naming it.
+:class:`DatasetMissingError` naming it. The datamodule prints one line per split at setup (folder, images kept,
+skips by reason) and logs the counts (see :meth:`~lit_papers.data.base.ShardedDataModule.report_split`).
+
+Images are read by the strict :func:`lit_papers.data.images.read_image` (a truncated file is an error naming it,
+never a half-grey image). Before training, setup checks every image of each split against its annotation
+(``verify_images``: ``header`` = size from the header and the end-of-file marker, the default; ``full`` = complete
+decode; ``none``); ``lit-papers check-data --config ...`` runs the full check with a progress bar.
+
+Download (``download=true``, official layout only, i.e. ``subdir`` unset): the official 2017 zips, md5-checked,
+through :func:`lit_papers.data.download.fetch` (``$LIT_PAPERS_MIRROR`` first, atomic rename).
 """
 
 from __future__ import annotations
@@ -33,19 +43,30 @@ from collections import Counter
 from pathlib import Path
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
 from lit_papers.data.base import ShardedDataModule
-from lit_papers.data.download import DatasetError, DatasetMissingError
+from lit_papers.data.download import DatasetError, DatasetMissingError, Remote, ensure_archive, extract
 from lit_papers.data.grouping import GroupedBatchSampler
-from lit_papers.data.root import family_dir
+from lit_papers.data.images import ImageRef, VerifyMode, bad_images_error, read_image, verify_images
+from lit_papers.data.root import data_root, family_dir, generated_dir
 from lit_papers.data.samplers import ShardSampler
 
 log = logging.getLogger(__name__)
+
+# The official COCO 2017 archives. md5 values as listed by PaddlePaddle/PaddleDetection
+# (ppdet/utils/download.py, DATASETS["coco"]) and by several download scripts that check them with `md5sum -c`.
+COCO_REMOTES = {
+    "train2017": Remote("http://images.cocodataset.org/zips/train2017.zip", "train2017.zip",
+                        md5="cced6f7f71b7629ddf16f17bbcfab6b2"),
+    "val2017": Remote("http://images.cocodataset.org/zips/val2017.zip", "val2017.zip",
+                      md5="442b8da7639aecaf257c1dceb8ba8c80"),
+    "annotations": Remote("http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+                          "annotations_trainval2017.zip", md5="f4bbac642086de4f52a3fdda2de5fa2c"),
+}
 
 
 def load_coco(path: str | os.PathLike) -> COCO:
@@ -162,6 +183,7 @@ class COCODetection(Dataset):
         self.class_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
         self.stats: Counter = Counter()
         ids = sorted(self.coco.imgs)
+        self.listed = len(ids)
         if train:  # training skips images without a usable object (counted)
             kept = []
             for i in ids:
@@ -185,18 +207,18 @@ class COCODetection(Dataset):
         """Width / height of every image (original size), for aspect-ratio grouping."""
         return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
 
-    def load_image(self, image_id: int) -> np.ndarray:
+    def image_ref(self, image_id: int) -> ImageRef:
         info = self.coco.imgs[image_id]
-        path = self.image_dir / info["file_name"]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            if not path.is_file():
-                raise DatasetMissingError(f"image {path} listed in {self.ann_file} not found")
-            raise DatasetError(f"image {path} cannot be decoded (corrupt); re-download it")
-        if image.shape[:2] != (info["height"], info["width"]):
-            raise DatasetError(f"image {path} is {image.shape[1]}x{image.shape[0]} but {self.ann_file} says "
-                               f"{info['width']}x{info['height']}")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return ImageRef(self.image_dir / info["file_name"], (int(info["height"]), int(info["width"])),
+                        f"listed in {self.ann_file}")
+
+    def image_refs(self) -> list[ImageRef]:
+        """Every image this split uses, with the size its annotation gives (for :func:`verify_images`)."""
+        return [self.image_ref(i) for i in self.ids]
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        ref = self.image_ref(image_id)
+        return read_image(ref.path, expected_hw=ref.expected_hw, where=ref.where)
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, (tuple, list)) else (item, None)
@@ -227,33 +249,102 @@ class COCODataModule(ShardedDataModule):
     ``subdir``: a folder under ``<root>/coco`` holding the same layout (e.g. ``shapes``).
     ``min_size``/``max_size``: short/long side limits (800/1333 in the Mask R-CNN paper, sec. 3.1).
     ``max_train_images`` / ``max_eval_images``: subsets (tests, overfitting).
+    ``download``: fetch the official 2017 archives that are missing (only without ``subdir``).
+    ``verify_images``: the check of every image at setup (``header`` | ``full`` | ``none``, see
+    :mod:`lit_papers.data.images`).
     """
 
     def __init__(self, *, root: str | None = None, subdir: str | None = None, train_split: str = "train2017",
                  val_split: str = "val2017", test_split: str = "val2017", min_size: int = 800,
                  max_size: int = 1333, hflip: float = 0.5, with_masks: bool = True, aspect_ratio_grouping: bool = True,
                  max_train_images: int | None = None, max_eval_images: int | None = None, batch_size: int = 2,
-                 eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0) -> None:
+                 eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0, download: bool = True,
+                 verify_images: VerifyMode = "header") -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
         self.folder = family_dir("coco", root) / (subdir or "")
+        self.verify_images = verify_images
         self.datasets: dict[str, COCODetection] = {}
 
+    # -- where the data comes from ----------------------------------------------------------------------------
+    def source(self) -> str:
+        """Which settings chose :attr:`folder`, as config keys (for the setup line and the missing-data error)."""
+        hp = self.hparams
+        root = (f"data.init_args.root = {hp.root!r}" if hp.root is not None
+                else f"data root {data_root()} ($LIT_PAPERS_DATA, data.init_args.root unset)")
+        return f"{root}, data.init_args.subdir = {hp.subdir!r}"
+
+    def _missing_hint(self) -> str:
+        hp = self.hparams
+        hint = f"{type(self).__name__} reads {self.folder}, set by {self.source()}."
+        if hp.subdir:
+            hint += (f" If subdir {hp.subdir!r} was carried over from a config written for another DataModule "
+                     "(switching the class with --data keeps the init_args the new class also accepts), reset it "
+                     "with --data.init_args.subdir null.")
+        elif not hp.download:
+            hint += " Set data.init_args.download true to fetch the official archives."
+        return hint
+
+    def prepare_data(self) -> None:
+        """Fetch and extract the official archives the configured splits need (official layout only)."""
+        hp = self.hparams
+        if not hp.download or hp.subdir:
+            return
+        splits = sorted({hp.train_split, hp.val_split, hp.test_split})
+        ann = self.folder / "annotations"
+        if any(s in COCO_REMOTES and not (ann / f"instances_{s}.json").is_file() for s in splits):
+            archive = ensure_archive(COCO_REMOTES["annotations"], self.folder, family="coco",
+                                     expected=["annotations/instances_<split>.json"])
+            extract(archive, self.folder, member_root="annotations", merge=True)
+        for s in splits:
+            if s in COCO_REMOTES and not (self.folder / s).is_dir():
+                archive = ensure_archive(COCO_REMOTES[s], self.folder, family="coco", expected=[f"{s}/"])
+                extract(archive, self.folder, member_root=s)
+
+    # -- splits -------------------------------------------------------------------------------------------------
     def split(self, name: str, *, train: bool) -> COCODetection:
         hp = self.hparams
         transform = resize_transform(hp.min_size, hp.max_size, hflip=hp.hflip if train else 0.0)
-        return COCODetection(self.folder / name, self.folder / "annotations" / f"instances_{name}.json",
-                             transform=transform, train=train, with_masks=hp.with_masks,
-                             max_images=hp.max_train_images if train else hp.max_eval_images)
+        try:
+            return COCODetection(self.folder / name, self.folder / "annotations" / f"instances_{name}.json",
+                                 transform=transform, train=train, with_masks=hp.with_masks,
+                                 max_images=hp.max_train_images if train else hp.max_eval_images)
+        except DatasetMissingError as err:
+            raise DatasetMissingError(f"{err}\n{self._missing_hint()}") from err
+
+    def image_refs(self) -> dict[str, list[ImageRef]]:
+        """{split: every image it uses} of the splits set up so far (for ``lit-papers check-data``)."""
+        return {key: ds.image_refs() for key, ds in self.datasets.items()}
+
+    def _add(self, key: str, name: str, *, train: bool) -> None:
+        ds = self.split(name, train=train)
+        refs = ds.image_refs()
+        bad = verify_images(refs, self.verify_images)
+        if bad:
+            raise bad_images_error(bad, checked=len(refs), what=f"{ds.ann_file} ({self.source()})",
+                                   mode=self.verify_images)
+        self.datasets[key] = ds
+        stats = ds.stats
+        skipped_images = {k: v for k, v in stats.items() if k == "images_without_objects"}
+        dropped = {k: v for k, v in stats.items() if k not in ("images_without_objects", "clipped")}
+        line = (f"{name} from {self.folder} ({self.source()}): {len(ds)} of {ds.listed} images used"
+                + (" (capped by max_*_images)" if len(ds) + sum(skipped_images.values()) < ds.listed else "")
+                + f"; skipped images: {_fmt(skipped_images)}; dropped annotations: {_fmt(dropped)}"
+                + f"; clipped boxes: {stats.get('clipped', 0)}; images checked ({self.verify_images}): "
+                + (f"{len(refs)}, all good" if self.verify_images != "none" else "none"))
+        counts = {"images": len(ds), "listed": ds.listed, "checked": len(refs) if self.verify_images != "none" else 0,
+                  **{f"skipped_{k}": v for k, v in skipped_images.items()},
+                  **{f"dropped_{k}": v for k, v in dropped.items()}, "clipped": stats.get("clipped", 0)}
+        self.report_split(key, line, counts)
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if stage in (None, "fit") and "train" not in self.datasets:
-            self.datasets["train"] = self.split(hp.train_split, train=True)
+            self._add("train", hp.train_split, train=True)
         if stage in (None, "fit", "validate") and "val" not in self.datasets:
-            self.datasets["val"] = self.split(hp.val_split, train=False)
+            self._add("val", hp.val_split, train=False)
         if stage in (None, "test", "predict") and "test" not in self.datasets:
-            self.datasets["test"] = self.split(hp.test_split, train=False)
+            self._add("test", hp.test_split, train=False)
 
     def eval_dataset(self, stage: str) -> COCODetection:
         """The dataset evaluated in ``stage`` ('val' or 'test'): its ``coco`` is the evaluation ground truth."""
@@ -287,18 +378,30 @@ class COCODataModule(ShardedDataModule):
                                 collate_fn=collate_detection)
 
 
+def _fmt(counts: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
+
+
 class ShapesDataModule(COCODataModule):
-    """:class:`COCODataModule` over the generated shapes set (written once under ``<root>/coco/<subdir>``;
-    change ``subdir`` when changing the generator's options). Images are used at their generated size unless
-    ``min_size``/``max_size`` say otherwise."""
+    """:class:`COCODataModule` over the generated shapes set, written once under
+    ``$LIT_PAPERS_CACHE/generated/coco/<subdir>`` (``~/.cache/lit_papers/...``; ``<root>/coco/<subdir>`` when
+    ``root`` is given), never into ``$LIT_PAPERS_DATA``; change ``subdir`` when changing the generator's options.
+    Images are used at their generated size unless ``min_size``/``max_size`` say otherwise."""
 
     def __init__(self, *, num_train: int = 1000, num_val: int = 100, image_size: int = 128, max_objects: int = 4,
                  generator_seed: int = 0, root: str | None = None, subdir: str = "shapes", min_size: int | None = None,
                  max_size: int | None = None, **kwargs) -> None:
+        kwargs.setdefault("download", False)
         super().__init__(root=root, subdir=subdir, min_size=min_size or image_size, max_size=max_size or image_size,
                          **kwargs)
         self.save_hyperparameters()
         self.hparams.min_size, self.hparams.max_size = min_size or image_size, max_size or image_size
+        self.folder = generated_dir("coco", root) / subdir
+
+    def source(self) -> str:
+        hp = self.hparams
+        where = f"data.init_args.root = {hp.root!r}" if hp.root is not None else "generated under $LIT_PAPERS_CACHE"
+        return f"{where}, data.init_args.subdir = {hp.subdir!r}"
 
     def prepare_data(self) -> None:
         from lit_papers.data.shapes import write_shapes

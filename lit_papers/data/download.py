@@ -8,6 +8,7 @@ temporary folder that is renamed as a whole. Any failure removes the temporary f
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tarfile
@@ -18,12 +19,14 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from zlib import error as zlib_error
 
 from tqdm.auto import tqdm
 
 from lit_papers.data.root import mirror as default_mirror
 
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 class DatasetError(RuntimeError):
@@ -157,40 +160,78 @@ def fetch(
     )
 
 
-def extract(archive: str | os.PathLike, into: str | os.PathLike, *, member_root: str) -> Path:
+def ensure_archive(remote: Remote, folder: str | os.PathLike, *, family: str | None = None,
+                   mirror: str | None = None, timeout: float = 30.0, expected: Sequence[str] = ()) -> Path:
+    """``folder/remote.filename``: an archive already there is used as it is (its md5 is computed and a
+    mismatch with the official one is logged, not fatal: a repacked or newer official file still extracts and
+    is checked file by file afterwards); a missing one is fetched with :func:`fetch` (md5 checked)."""
+    target = Path(folder) / remote.filename
+    if target.is_file():
+        if remote.md5 is not None:
+            digest = md5sum(target)
+            if digest != remote.md5:
+                log.warning("%s: md5 %s differs from the official %s; using the existing file anyway (delete it "
+                            "to download the official one)", target, digest, remote.md5)
+        return target
+    return fetch(remote, folder, family=family, mirror=mirror, timeout=timeout, expected=expected)
+
+
+def extract(archive: str | os.PathLike, into: str | os.PathLike, *, member_root: str, merge: bool = False,
+            last: Sequence[str] = ()) -> Path:
     """Extract a .tar(.gz)/.zip archive whose content sits under ``member_root/`` into ``into/member_root``.
 
-    Extraction happens in a temporary sibling folder that is renamed into place only when complete.
+    Extraction happens in a temporary sibling folder. Without ``merge`` it is renamed into place as a whole, only
+    when complete, and an existing ``into/member_root`` is kept as it is. With ``merge`` (archives that share a
+    top folder: VOC2007 trainval and test both hold ``VOCdevkit/VOC2007``) each extracted file that is not yet
+    present is renamed into place one by one (each rename is atomic), files under a folder named in ``last``
+    (e.g. ``ImageSets``, whose listings mark a split as complete) after all others; existing files are kept.
     Members that would escape the folder (absolute paths, ``..``) are refused.
     """
     into = Path(into)
     final = into / member_root
-    if final.exists():
+    if final.exists() and not merge:
         return final
     into.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".extract-", dir=into))
     try:
         archive = str(archive)
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for name in zf.namelist():
-                    _check_member(name, archive)
-                zf.extractall(scratch)
+            try:
+                with zipfile.ZipFile(archive) as zf:
+                    for name in zf.namelist():
+                        _check_member(name, archive)
+                    zf.extractall(scratch)
+            except (zipfile.BadZipFile, zlib_error) as exc:
+                raise DatasetError(f"{archive}: corrupt zip archive ({exc}); delete it and retry") from exc
         else:
             try:
                 with tarfile.open(archive) as tf:
                     for member in tf.getmembers():
                         _check_member(member.name, archive)
                     tf.extractall(scratch, filter="data")
-            except tarfile.TarError as exc:
+            except (tarfile.TarError, EOFError) as exc:
                 raise DatasetError(f"{archive}: not a readable tar/zip archive ({exc}); delete it and retry") from exc
         produced = scratch / member_root
         if not produced.exists():
             raise DatasetError(f"{archive}: expected a top folder {member_root!r} inside the archive")
-        os.replace(produced, final)
+        if not final.exists():
+            os.replace(produced, final)
+        elif merge:
+            _merge_tree(produced, final, last=tuple(last))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return final
+
+
+def _merge_tree(src: Path, dst: Path, *, last: tuple[str, ...]) -> None:
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    files.sort(key=lambda p: any(part in last for part in p.relative_to(src).parts))  # stable: `last` at the end
+    for path in files:
+        target = dst / path.relative_to(src)
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
 
 
 def _check_member(name: str, archive: str) -> None:

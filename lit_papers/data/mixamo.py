@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from lit_papers.data.base import ShardedDataModule
 from lit_papers.data.download import DatasetError, DatasetMissingError
-from lit_papers.data.root import family_dir
+from lit_papers.data.root import cache_root, family_dir
 from lit_papers.ops import motion2d as M
 
 log = logging.getLogger(__name__)
@@ -327,8 +327,9 @@ def load_openpose(folder: str | os.PathLike, *, video_height: float = 720.0, max
 
 # -- datamodule ---------------------------------------------------------------------------------------------
 def synthetic_dir(seed: int, variants: int, test_variants: int) -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "lit_papers" / "synthetic" / f"mixamo-s{seed}-v{variants}-t{test_variants}"
+    """The generated set's folder, ``$LIT_PAPERS_CACHE/synthetic/mixamo-...`` (default
+    ``~/.cache/lit_papers/synthetic/``): the user cache, never ``$LIT_PAPERS_DATA``."""
+    return cache_root() / "synthetic" / f"mixamo-s{seed}-v{variants}-t{test_variants}"
 
 
 class MixamoDataModule(ShardedDataModule):

@@ -10,6 +10,11 @@ Layout (the same as the test fixtures in ``../shared/data``)::
       mixamo/     mixamo_data/
 
 Default root: ``$XDG_CACHE_HOME/lit_papers/data`` (``~/.cache/lit_papers/data``).
+
+Generated data (the shapes set, synthetic Mixamo, ...) never goes under the data root, which may be a shared,
+read-only copy of the real datasets: it is written under :func:`generated_dir`, i.e.
+``$LIT_PAPERS_CACHE/generated/<family>`` (default ``$XDG_CACHE_HOME/lit_papers`` = ``~/.cache/lit_papers``),
+unless a datamodule is given an explicit ``root=``.
 ``LIT_PAPERS_MIRROR`` names a folder or a base URL that holds the official archives for offline clusters
 (``<mirror>/<family>/<archive>`` or ``<mirror>/<archive>``).
 """
@@ -29,6 +34,25 @@ def data_root() -> Path:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "lit_papers" / "data"
+
+
+def cache_root() -> Path:
+    """The user cache of lit_papers: ``$LIT_PAPERS_CACHE`` or ``$XDG_CACHE_HOME/lit_papers`` (``~/.cache/lit_papers``)."""
+    env = os.environ.get("LIT_PAPERS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "lit_papers"
+
+
+def generated_dir(family: str, root: str | os.PathLike | None = None) -> Path:
+    """Where generated data of one family is written: ``<root>/<family>`` when the caller names a ``root``
+    explicitly, else ``$LIT_PAPERS_CACHE/generated/<family>`` -- never the (possibly shared) ``$LIT_PAPERS_DATA``."""
+    if root is not None:
+        return family_dir(family, root)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown dataset family {family!r}; expected one of {FAMILIES}")
+    return cache_root() / "generated" / family
 
 
 def family_dir(family: str, root: str | os.PathLike | None = None) -> Path:

@@ -1,9 +1,11 @@
 """A generated instance-segmentation set ("shapes") written in the official COCO format.
 
 The README's first command trains Mask R-CNN end to end on a fresh machine with no download, through the very
-same reader as real COCO (:class:`~lit_papers.data.coco.COCODataModule`). Layout, as COCO 2017::
+same reader as real COCO (:class:`~lit_papers.data.coco.COCODataModule`). It is written into the user cache,
+``$LIT_PAPERS_CACHE/generated/coco/<subdir>`` (default ``~/.cache/lit_papers/generated/coco/shapes``), never into
+the data root ``$LIT_PAPERS_DATA``, which may be a shared read-only copy of the real datasets. Layout, as COCO 2017::
 
-    <root>/coco/shapes/
+    <cache>/generated/coco/shapes/
       annotations/instances_train2017.json   annotations/instances_val2017.json
       train2017/000000000001.png ...         val2017/...
 

@@ -9,6 +9,12 @@ a few float values). Labels 1..20 in the alphabetical VOC order. ``difficult`` o
 training targets (py-faster-rcnn's default) and are "ignore" in evaluation: the dataset exposes its ground
 truth as an in-memory COCO object (``.coco``, difficult -> ``iscrowd=1``) so the COCO evaluator runs unchanged,
 and as ``voc_ground_truth()`` for the VOC metric (:mod:`lit_papers.metrics.voc_eval`, 07 11-point / area).
+
+An annotation missing a field (``<size>``, an object's ``<name>`` or ``<bndbox>``, a coordinate) is an error naming
+the file, the object (index and class) and the field. Images are read by the strict
+:func:`lit_papers.data.images.read_image` and checked at setup against the XML's ``<size>`` (``verify_images``, as
+for COCO). ``download=true`` fetches the official VOC2007 trainval/test and VOC2012 trainval tars (md5-checked) for
+the splits whose listing ``ImageSets/Main/<split>.txt`` is missing.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from pycocotools.coco import COCO
@@ -28,28 +33,77 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_papers.data.base import ShardedDataModule
 from lit_papers.data.coco import apply_transform, collate_detection, resize_transform
-from lit_papers.data.download import DatasetError, DatasetMissingError
-from lit_papers.data.root import family_dir
+from lit_papers.data.download import DatasetError, DatasetMissingError, Remote, ensure_archive, extract
+from lit_papers.data.images import ImageRef, VerifyMode, bad_images_error, read_image, verify_images
+from lit_papers.data.root import data_root, family_dir
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
 
+# The official archives (host.robots.ox.ac.uk). md5 values as listed by pytorch/vision
+# (torchvision/datasets/voc.py, DATASET_YEAR_DICT: VOC2007 and VOC2012 trainval, "2007-test") and by
+# PaddlePaddle/PaddleDetection (ppdet/utils/download.py, DATASETS["voc"]: the same three).
+VOC_REMOTES = {
+    ("2007", "trainval"): Remote("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
+                                "VOCtrainval_06-Nov-2007.tar", md5="c52e279531787c972589f7e41ab4ae64"),
+    ("2007", "test"): Remote("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
+                            "VOCtest_06-Nov-2007.tar", md5="b6e924de25625d8de591ea690078ad9f"),
+    ("2012", "trainval"): Remote("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+                                "VOCtrainval_11-May-2012.tar", md5="6cd6e144f989b92b3379bac3b3de84fd"),
+}
+
+
+def voc_remote(split: str) -> Remote | None:
+    """The official archive holding ``<year>_<name>`` (train, val and trainval come in the trainval tar)."""
+    year, name = split.split("_", 1)
+    return VOC_REMOTES.get((year, "trainval" if name in ("train", "val", "trainval") else name))
+
+
+def _malformed(path: Path, what: str) -> DatasetError:
+    return DatasetError(f"{path}: malformed VOC annotation: {what}; re-download the VOC devkit or fix the file")
+
+
+def _int_field(node: ET.Element, key: str, path: Path, owner: str) -> int:
+    text = node.findtext(key)
+    if text is None or not text.strip():
+        raise _malformed(path, f"{owner} has no <{key}>")
+    try:
+        return int(float(text))
+    except ValueError:
+        raise _malformed(path, f"{owner} <{key}> is {text.strip()!r}, not a number") from None
+
+
 def parse_voc_xml(path: str | os.PathLike) -> dict:
-    """One annotation file -> {width, height, objects: [{name, box (xyxy 0-based corners), difficult}]}."""
+    """One annotation file -> {width, height, objects: [{name, box (xyxy 0-based corners), difficult}]}.
+
+    A missing or non-numeric field raises :class:`DatasetError` naming the file, the object (index, 0-based, and
+    class name) and the field.
+    """
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
-        size = root.find("size")
-        width, height = int(size.findtext("width")), int(size.findtext("height"))
-        objects = []
-        for obj in root.findall("object"):
-            bb = obj.find("bndbox")
-            x0, y0, x1, y1 = (int(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
-            objects.append({"name": obj.findtext("name").strip(), "box": [x0 - 1.0, y0 - 1.0, float(x1), float(y1)],
-                            "difficult": int(obj.findtext("difficult") or 0) == 1})
-    except (ET.ParseError, AttributeError, TypeError, ValueError) as err:
-        raise DatasetError(f"{path}: malformed VOC annotation ({err}); re-download the VOC devkit") from err
+    except ET.ParseError as err:
+        raise _malformed(path, f"not well-formed XML ({err})") from err
+    size = root.find("size")
+    if size is None:
+        raise _malformed(path, "no <size> element")
+    width, height = _int_field(size, "width", path, "<size>"), _int_field(size, "height", path, "<size>")
+    objects = []
+    for index, obj in enumerate(root.findall("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise _malformed(path, f"object {index} has no <name>")
+        owner = f"object {index} ({name!r})"
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise _malformed(path, f"{owner} has no <bndbox>")
+        x0, y0, x1, y1 = (_int_field(bb, k, path, f"{owner} <bndbox>") for k in ("xmin", "ymin", "xmax", "ymax"))
+        try:
+            difficult = int(obj.findtext("difficult") or 0) == 1
+        except ValueError:
+            raise _malformed(path, f"{owner} <difficult> is {obj.findtext('difficult')!r}, not 0 or 1") from None
+        objects.append({"name": name, "box": [x0 - 1.0, y0 - 1.0, float(x1), float(y1)], "difficult": difficult})
     return {"width": width, "height": height, "objects": objects}
 
 
@@ -60,7 +114,9 @@ class VOCDetection(Dataset):
         self.class_names = list(VOC_CLASSES)
         self.cat_ids = list(range(1, len(VOC_CLASSES) + 1))
         self.stats: Counter = Counter()
+        self.listed = 0
         self.items: list[tuple[str, Path, dict]] = []  # (image id "2007_000001", jpeg path, parsed xml)
+        self._xml: list[Path] = []
         for split in splits:
             year, name = split.split("_", 1)
             base = self.devkit / f"VOC{year}"
@@ -68,14 +124,21 @@ class VOCDetection(Dataset):
             if not listing.is_file():
                 raise DatasetMissingError(f"{listing} not found; put VOCdevkit/VOC{year} under {self.devkit}")
             for line in listing.read_text().split():
-                ann = parse_voc_xml(base / "Annotations" / f"{line}.xml")
+                self.listed += 1
+                xml = base / "Annotations" / f"{line}.xml"
+                if not xml.is_file():
+                    raise DatasetMissingError(f"{xml} (listed in {listing}) not found; re-extract VOCdevkit/VOC{year}")
+                ann = parse_voc_xml(xml)
                 unknown = [o["name"] for o in ann["objects"] if o["name"] not in VOC_CLASSES]
                 if unknown:
-                    raise DatasetError(f"{base / 'Annotations' / line}.xml: unknown classes {unknown}")
+                    raise DatasetError(f"{xml}: unknown classes {unknown}")
                 if train and all(o["difficult"] for o in ann["objects"]):
                     self.stats["images_without_objects"] += 1
                     continue
+                if train:
+                    self.stats["difficult"] += sum(o["difficult"] for o in ann["objects"])
                 self.items.append((f"{year}_{line}", base / "JPEGImages" / f"{line}.jpg", ann))
+                self._xml.append(xml)
         if not self.items:
             raise DatasetError(f"no usable images in {splits} under {self.devkit}")
         self.train = train
@@ -110,16 +173,18 @@ class VOCDetection(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def image_refs(self) -> list[ImageRef]:
+        """Every image of the split with the (height, width) of its XML (for :func:`verify_images`)."""
+        return [ImageRef(path, (ann["height"], ann["width"]), f"annotation {xml}")
+                for (_, path, ann), xml in zip(self.items, self._xml)]
+
     def aspect_ratios(self) -> list[float]:
         return [a["width"] / a["height"] for _, _, a in self.items]
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, (tuple, list)) else (item, None)
         _, path, ann = self.items[index]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise (DatasetMissingError if not path.is_file() else DatasetError)(f"image {path} missing or corrupt")
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = read_image(path, expected_hw=(ann["height"], ann["width"]), where=f"annotation {self._xml[index]}")
         objects = [o for o in ann["objects"] if not (self.train and o["difficult"])]
         target = {"boxes": np.array([o["box"] for o in objects], np.float32).reshape(-1, 4),
                   "labels": np.array([VOC_CLASSES.index(o["name"]) + 1 for o in objects], np.int64)}
@@ -134,24 +199,78 @@ class VOCDetection(Dataset):
 class VOCDataModule(ShardedDataModule):
     """VOC detection: ``train_splits`` (e.g. ["2007_trainval"] or ["2007_trainval", "2012_trainval"]) and
     ``test_splits`` (["2007_test"]); short side ``min_size`` 600 / long side ``max_size`` 1000 (Ren et al. 2015,
-    sec. 3.3), horizontal flips. Evaluation logs COCO numbers and the VOC metric (see the detection module)."""
+    sec. 3.3), horizontal flips. Evaluation logs COCO numbers and the VOC metric (see the detection module).
+    ``download``: fetch the official tars of splits whose listing is missing; ``verify_images``: the image check
+    at setup (``header`` | ``full`` | ``none``, see :mod:`lit_papers.data.images`)."""
 
     def __init__(self, *, root: str | None = None, train_splits: tuple[str, ...] = ("2007_trainval",),
                  test_splits: tuple[str, ...] = ("2007_test",), min_size: int = 600, max_size: int = 1000, hflip: float = 0.5,
-                 batch_size: int = 2, eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0) -> None:
+                 batch_size: int = 2, eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
+                 download: bool = True, verify_images: VerifyMode = "header") -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
         self.devkit = family_dir("voc", root) / "VOCdevkit"
+        self.verify_images = verify_images
         self.datasets: dict[str, VOCDetection] = {}
+
+    def source(self) -> str:
+        root = self.hparams.root
+        return (f"data.init_args.root = {root!r}" if root is not None
+                else f"data root {data_root()} ($LIT_PAPERS_DATA, data.init_args.root unset)")
+
+    def prepare_data(self) -> None:
+        """Fetch and extract (merged into ``VOCdevkit``) the official tar of every split whose listing is missing."""
+        hp = self.hparams
+        if not hp.download:
+            return
+        done: set[str] = set()
+        for split in [*hp.train_splits, *hp.test_splits]:
+            year, name = split.split("_", 1)
+            remote = voc_remote(split)
+            listing = self.devkit / f"VOC{year}" / "ImageSets" / "Main" / f"{name}.txt"
+            if listing.is_file() or remote is None or remote.filename in done:
+                continue
+            archive = ensure_archive(remote, self.devkit.parent, family="voc",
+                                     expected=[f"VOCdevkit/VOC{year}/ImageSets/Main/{name}.txt"])
+            extract(archive, self.devkit.parent, member_root="VOCdevkit", merge=True, last=("ImageSets",))
+            done.add(remote.filename)
+
+    def image_refs(self) -> dict[str, list[ImageRef]]:
+        return {key: ds.image_refs() for key, ds in self.datasets.items()}
+
+    def _add(self, key: str, splits: list[str], *, train: bool) -> None:
+        hp = self.hparams
+        transform = resize_transform(hp.min_size, hp.max_size, hflip=hp.hflip if train else 0.0)
+        try:
+            ds = VOCDetection(self.devkit, splits, train=train, transform=transform)
+        except DatasetMissingError as err:
+            raise DatasetMissingError(f"{err}\n{type(self).__name__} reads {self.devkit}, set by {self.source()}"
+                                      + ("" if hp.download else "; set data.init_args.download true to fetch it")
+                                      ) from err
+        refs = ds.image_refs()
+        bad = verify_images(refs, self.verify_images)
+        if bad:
+            raise bad_images_error(bad, checked=len(refs), what=f"VOC {splits} under {self.devkit} ({self.source()})",
+                                   mode=self.verify_images)
+        self.datasets[key] = ds
+        skipped = ds.stats.get("images_without_objects", 0)
+        line = (f"{'+'.join(splits)} from {self.devkit} ({self.source()}): {len(ds)} of {ds.listed} images used; "
+                f"skipped images: images_without_objects={skipped}"
+                + (f"; difficult objects not trained on: {ds.stats.get('difficult', 0)}" if train else "")
+                + f"; images checked ({self.verify_images}): "
+                + (f"{len(refs)}, all good" if self.verify_images != "none" else "none"))
+        counts = {"images": len(ds), "listed": ds.listed, "skipped_images_without_objects": skipped,
+                  "checked": len(refs) if self.verify_images != "none" else 0}
+        if train:
+            counts["difficult"] = ds.stats.get("difficult", 0)
+        self.report_split(key, line, counts)
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if stage in (None, "fit") and "train" not in self.datasets:
-            self.datasets["train"] = VOCDetection(self.devkit, list(hp.train_splits), train=True,
-                                                  transform=resize_transform(hp.min_size, hp.max_size, hflip=hp.hflip))
+            self._add("train", list(hp.train_splits), train=True)
         if "test" not in self.datasets:
-            self.datasets["test"] = VOCDetection(self.devkit, list(hp.test_splits),
-                                                 transform=resize_transform(hp.min_size, hp.max_size))
+            self._add("test", list(hp.test_splits), train=False)
 
     def eval_dataset(self, stage: str) -> VOCDetection:
         return self.datasets["test"]

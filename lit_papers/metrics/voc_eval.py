@@ -1,7 +1,8 @@
 """PASCAL VOC detection AP (Everingham et al. 2010; the devkit's ``VOCevaldet`` / py-faster-rcnn ``voc_eval``).
 
 Per class: detections of all images sorted by score (descending, stable); each is a true positive when its IoU
-with the best-overlapping not-yet-matched ground-truth box of that image is > ``iou_thresh`` (0.5), else a false
+with the best-overlapping ground-truth box of that image is >= ``iou_thresh`` (0.5; the devkit's
+``VOCevaldet.m``: ``if ovmax>=VOCopts.minoverlap``) and that box is not yet matched, else a false
 positive; a detection whose best match is a ``difficult`` object is neither (ignored); difficult objects do not
 count in the number of positives. IoU uses VOC's inclusive pixel convention (+1 on widths) when
 ``inclusive=True`` (the devkit's, for 1-based integer boxes); ``False`` for continuous xyxy boxes.
@@ -59,7 +60,7 @@ def voc_class_ap(detections: Sequence[tuple], ground_truth: dict, *, iou_thresh:
             continue
         overlaps = _iou(np.asarray(box, np.float64), gts, inclusive)
         j = int(np.argmax(overlaps))
-        if overlaps[j] > iou_thresh:
+        if overlaps[j] >= iou_thresh:  # the devkit's >= (py-faster-rcnn's voc_eval.py uses >)
             if difficult[j]:
                 continue  # ignored
             if not used[image_id][j]:

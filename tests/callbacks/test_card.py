@@ -13,12 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lit_papers.callbacks.atomic_checkpoint import FinalLastCheckpoint
 from lit_papers.callbacks.card import ReproductionCard, compare, load_card
-from lit_papers.launch import report
 
 
 def test_compare_lower_is_better_with_scale():
     row = {"metric": "test/error", "value": 8.75, "scale": 100, "tolerance": 0.5, "higher_is_better": False,
-           "source": "Table 6"}
+           "source": "Table 6", "kind": "paper"}
     assert compare(row, 0.0900) == pytest.approx({**compare(row, 0.09), "ours": 9.0, "delta": 0.25, "pass": True})
     assert compare(row, 0.0930)["pass"] is False  # 0.55 worse than the paper
     assert compare(row, 0.0500)["pass"] is True  # better than the paper always passes
@@ -26,7 +25,7 @@ def test_compare_lower_is_better_with_scale():
 
 
 def test_compare_higher_is_better():
-    row = {"metric": "test/acc", "value": 96.0, "scale": 100, "tolerance": 1.0, "source": "Table 1"}
+    row = {"metric": "test/acc", "value": 96.0, "scale": 100, "tolerance": 1.0, "source": "Table 1", "kind": "paper"}
     assert compare(row, 0.952)["pass"] is True
     assert compare(row, 0.949)["pass"] is False
 
@@ -59,7 +58,7 @@ def test_test_from_checkpoint_reports_the_training_that_made_it(tmp_path):
     reports that run's steps and fit time (carried in the checkpoint), not 0."""
     card = tmp_path / "card.yaml"
     card.write_text(yaml.safe_dump({"paper": "Toy", "results": [
-        {"variant": "toy", "metric": "test/error", "value": 8.0, "source": "Table 1"}]}))
+        {"variant": "toy", "metric": "test/error", "value": 8.0, "source": "Table 1", "kind": "paper"}]}))
     data = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=1)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=0)
     trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_progress_bar=False,
@@ -80,8 +79,8 @@ def test_callback_writes_json_with_evidence(tmp_path):
     card = tmp_path / "card.yaml"
     card.write_text(yaml.safe_dump({"paper": "Toy", "results": [
         {"variant": "toy", "metric": "test/error", "scale": 100, "value": 8.0, "source": "Table 1", "tolerance": 1.0,
-         "higher_is_better": False},
-        {"variant": "other", "metric": "test/error", "value": 1.0, "source": "Table 2"}]}))
+         "higher_is_better": False, "kind": "paper"},
+        {"variant": "other", "metric": "test/error", "value": 1.0, "source": "Table 2", "kind": "paper"}]}))
     callback = ReproductionCard(run_dir=str(tmp_path), variant="toy", config_paths=["configs/toy/toy.yaml"], seed=7,
                                 card_path=str(card))
     trainer = L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
@@ -95,23 +94,3 @@ def test_callback_writes_json_with_evidence(tmp_path):
     assert evidence["seed"] == 7 and evidence["config"] == ["configs/toy/toy.yaml"]
     assert {"torch", "lightning", "python"} <= set(evidence["versions"])
     assert evidence["hardware"]["cpu_count"] >= 1 and evidence["wall_time_s"] >= 0
-
-
-def test_report_lists_every_card_row_and_kept_results(tmp_path, monkeypatch):
-    papers = tmp_path / "lit_papers" / "papers"
-    (papers / "toy" / "results").mkdir(parents=True)
-    (papers / "toy" / "card.yaml").write_text(yaml.safe_dump({"paper": "Toy", "results": [
-        {"variant": "a", "metric": "test/acc", "value": 90.0, "scale": 100, "source": "T1"},
-        {"variant": "b", "metric": "test/acc", "value": 80.0, "scale": 100, "source": "T1"}]}))
-    kept = [{"paper_key": "toy", "variant": "a", "metric": "test/acc", "ours": 91.0, "delta": 1.0, "pass": True,
-             "evidence": {"seed": 0, "hardware": {"cpu_count": 2}, "wall_time_s": 3.0}}]
-    (papers / "toy" / "results" / "a.json").write_text(json.dumps(kept))
-    rows = report.collect(papers)
-    assert [(r["variant"], r["ours"], r["pass"]) for r in rows] == [("a", 91.0, True), ("b", None, None)]
-    table = report.markdown(rows)
-    assert "configs/toy/a.yaml" in table and "not run yet" in table and "+1.00" in table and "✅ reached" in table
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\noutro\n")
-    report.write_readme(readme, table)
-    text = readme.read_text()
-    assert "old" not in text and text.startswith("intro") and text.endswith("outro\n") and "configs/toy/a.yaml" in text

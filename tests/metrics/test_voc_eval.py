@@ -48,3 +48,15 @@ def test_curve_helpers_and_map():
     assert out["cat"] == 0.0 and out["mAP"] == pytest.approx((5 / 9) / 2)
     with pytest.raises(ValueError):
         voc_ap(np.array([1.0]), np.array([1.0]), "bogus")
+
+
+def test_iou_exactly_one_half_is_a_hit_as_in_the_devkit():
+    # VOCevaldet.m: `if ovmax>=VOCopts.minoverlap` -> true positive. Inclusive pixels: ground truth (1,1,10,10) is
+    # 10 x 10 = 100 px; detection (1,1,10,5) is 10 x 5 = 50 px, all inside it: IoU = 50 / (100 + 50 - 50) = 0.5.
+    gt = {"a": (np.array([[1, 1, 10, 10]]), np.array([False]))}
+    assert voc_class_ap([("a", 1.0, [1, 1, 10, 5])], gt) == pytest.approx(1.0)
+    # continuous boxes: (0,0,10,10) vs (0,0,10,5): 50 / 100 = 0.5 exactly in floating point
+    gt_c = {"a": (np.array([[0.0, 0.0, 10.0, 10.0]]), np.array([False]))}
+    assert voc_class_ap([("a", 1.0, [0.0, 0.0, 10.0, 5.0])], gt_c, inclusive=False) == pytest.approx(1.0)
+    # just below the boundary: (1,1,10,4) is 40 px -> IoU 0.4, a miss
+    assert voc_class_ap([("a", 1.0, [1, 1, 10, 4])], gt) == 0.0
