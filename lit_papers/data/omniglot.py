@@ -10,7 +10,13 @@ Class-level splits (a class is a character, or a (character, 90-degree rotation)
   train / val / test (``val_size``, ``test_size``: a count of characters/alphabets, or a fraction);
 * ``vinyals``: the split of Vinyals et al. 2016 as distributed with Prototypical Networks (1028 / 172 / 423
   characters, each rotation listed as its own class) from ``<root>/omniglot/splits/vinyals/{train,val,test}.txt``;
-  needs ``images_background`` + ``images_evaluation``.
+  needs ``images_background`` + ``images_evaluation``. ``vinyals_train: trainval`` trains on ``trainval.txt``
+  (train + val, 1200 characters: the reference code's final run once the stopping point is chosen on val, and
+  Santoro et al.'s 1200 training characters); val then still reads ``val.txt`` (it is inside training: a
+  monitor only, never a selection criterion).
+
+Archives: an existing archive is used as it is and its md5 is logged (a rebuilt archive whose pixels equal the
+official ones but whose md5 differs is accepted); a downloaded archive must match the official md5.
 
 Test sets: the 20 official 20-way one-shot runs (``all_runs.zip``, evaluation alphabets, disjoint from
 ``images_background*``) when ``official_runs``, plus ``test_tasks`` fixed episodes on the test split.
@@ -29,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_papers.data.base import ShardedDataModule
-from lit_papers.data.download import DatasetError, DatasetMissingError, Remote, fetch
+from lit_papers.data.download import DatasetError, DatasetMissingError, Remote, fetch, md5sum
 from lit_papers.data.episodes import (
     EpisodeImages,
     EpisodeSampler,
@@ -51,7 +57,7 @@ from lit_papers.data.samplers import EvalShardSampler
 log = logging.getLogger(__name__)
 
 VINYALS_BASE = "https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/data/omniglot/splits/vinyals"
-VINYALS_SPLITS = {s: Remote(f"{VINYALS_BASE}/{s}.txt", f"{s}.txt") for s in ("train", "val", "test")}
+VINYALS_SPLITS = {s: Remote(f"{VINYALS_BASE}/{s}.txt", f"{s}.txt") for s in ("train", "val", "test", "trainval")}
 OFFICIAL_TASK = "official_20way_1shot"
 
 
@@ -107,6 +113,8 @@ class OmniglotDataModule(ShardedDataModule):
         root: data root holding ``omniglot/`` (default ``$LIT_PAPERS_DATA``).
         sources: archives to read (``.zip`` or extracted folder under ``omniglot/``).
         split: ``characters``, ``alphabets`` or ``vinyals`` (see the module docstring).
+        vinyals_train: with ``split: vinyals``, the training split file: ``train`` (1028 characters) or
+            ``trainval`` (1200 = train + val).
         val_size, test_size: held-out characters/alphabets (count) or fraction; ignored by ``vinyals``.
         split_seed: seed of the character/alphabet split.
         rotations: 90/180/270-degree rotations of every character are new classes (all splits).
@@ -128,6 +136,7 @@ class OmniglotDataModule(ShardedDataModule):
         root: str | None = None,
         sources: list[str] = ["images_background_small1"],  # noqa: B006 - jsonargparse needs a literal default
         split: Literal["characters", "alphabets", "vinyals"] = "characters",
+        vinyals_train: Literal["train", "trainval"] = "train",
         val_size: int | float = 0,
         test_size: int | float = 0,
         split_seed: int = 0,
@@ -155,6 +164,7 @@ class OmniglotDataModule(ShardedDataModule):
         self.test_tasks = list(test_tasks or [])
         self.characters: CharacterImages | None = None
         self.tables: dict[str, np.ndarray] = {}
+        self.archive_md5: dict[str, str] = {}
 
     # -- files ------------------------------------------------------------------------------------------------
     def _source_path(self, name: str) -> Path | None:
@@ -168,7 +178,9 @@ class OmniglotDataModule(ShardedDataModule):
 
     def prepare_data(self) -> None:
         for name in self._needed():
-            if self._source_path(name) is not None:
+            existing = self._source_path(name)
+            if existing is not None:
+                self._log_md5(name, existing)
                 continue
             remote = REMOTES.get(name)
             if remote is None or not self.hparams.download:
@@ -178,12 +190,26 @@ class OmniglotDataModule(ShardedDataModule):
                 )
             fetch(remote, self.folder, family="omniglot", expected=[f"{name}.zip", f"{name}/"])
         if self.hparams.split == "vinyals":
-            for remote in VINYALS_SPLITS.values():
+            for remote in (VINYALS_SPLITS[s] for s in (self.hparams.vinyals_train, "val", "test")):
                 if not (self.folder / "splits" / "vinyals" / remote.filename).is_file():
                     if not self.hparams.download:
                         raise DatasetMissingError(f"{self.folder / 'splits' / 'vinyals' / remote.filename}: missing "
                                                   f"Vinyals split file; download {remote.url}")
                     fetch(remote, self.folder / "splits" / "vinyals", family="omniglot")
+
+    def _log_md5(self, name: str, path: Path) -> None:
+        """Log an existing archive's md5 next to the official one (a mismatch is accepted, not fatal)."""
+        if not path.is_file():
+            log.info("omniglot: using the extracted folder %s", path)
+            return
+        digest, official = md5sum(path), REMOTES[name].md5 if name in REMOTES else None
+        self.archive_md5[name] = digest
+        if official is None or digest == official:
+            log.info("omniglot: %s md5 %s%s", path, digest, " (official)" if official else "")
+        else:
+            log.warning("omniglot: %s md5 %s differs from the official %s; using it as it is (e.g. the pixel-exact "
+                        "rebuild whose PNG timestamp chunks differ); delete it to download the official file",
+                        path, digest, official)
 
     # -- setup ------------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -213,9 +239,10 @@ class OmniglotDataModule(ShardedDataModule):
         if hp.split == "vinyals":
             tables = {}
             for stage_name in ("train", "val", "test"):
-                path = self.folder / "splits" / "vinyals" / f"{stage_name}.txt"
+                file = hp.vinyals_train if stage_name == "train" else stage_name
+                path = self.folder / "splits" / "vinyals" / f"{file}.txt"
                 if not path.is_file():
-                    raise DatasetMissingError(f"{path}: missing; download {VINYALS_SPLITS[stage_name].url}")
+                    raise DatasetMissingError(f"{path}: missing; download {VINYALS_BASE}/{file}.txt")
                 rows = []
                 for name, turns in read_split_file(path):
                     if name not in index:

@@ -1,6 +1,9 @@
 """Few-shot accuracy as reported by Vinyals et al. 2016 / Snell et al. 2017: the mean accuracy over test episodes
 with a 95% confidence interval, half-width 1.96 * std / sqrt(n) (sample std, normal approximation).
 
+A fixed set of test items that is not a sample of episodes (the 20 official 20-way one-shot runs of Lake et al.:
+400 queries) gets the binomial interval over its queries instead, :func:`binomial_ci95` (normal approximation).
+
 The running form keeps (n, sum, sum of squares) in float64, so partial results from DDP ranks are simply summed.
 """
 
@@ -34,3 +37,11 @@ def moments_ci95(moments: torch.Tensor) -> tuple[float, float]:
         return mean, 0.0
     var = max(ss - s * s / n, 0.0) / (n - 1)
     return mean, Z95 * math.sqrt(var / n)
+
+
+def binomial_ci95(correct: float, n: float) -> tuple[float, float]:
+    """(accuracy, 95% half-width) of ``correct`` successes out of ``n`` queries: 1.96 * sqrt(p (1 - p) / n)."""
+    if n <= 0:
+        raise ValueError("no queries were evaluated")
+    p = correct / n
+    return p, Z95 * math.sqrt(max(p * (1.0 - p), 0.0) / n)

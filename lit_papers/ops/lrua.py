@@ -13,6 +13,15 @@ usage (B, S).
     "Prior to writing to memory, the least used memory location is computed from w^u_{t-1} and is set to zero."
 
 With several heads, usage adds the weights of all heads and n = number of read heads (as in the paper).
+
+Multi-head writes. The equations are written for one head: eq. 6 builds ONE vector w^lu with a 1 at each of the
+n least-used slots ("n set to equal the number of reads to memory"), and eq. 7 adds (1 - sigmoid(alpha)) w^lu to
+each head's write weights. Read literally (``per_head=False``, the default here), every head's write weights hold
+all n least-used slots at full weight, so they sum to sigmoid(alpha) + n (1 - sigmoid(alpha)) and one write puts
+a head's key into n slots. The common multi-head reading (``per_head=True``, :func:`least_used_per_head`): head i
+writes to the i-th least-used slot, so each head's write weights sum to one (a convex mix of its previous read and
+one fresh slot) and the n heads write to n different fresh slots. The paper's text does not settle it (it never
+writes a head index into eqs. 5-8); both are kept as a config option of the model.
 """
 
 from __future__ import annotations
@@ -53,13 +62,25 @@ def least_used(usage: torch.Tensor, n: int) -> torch.Tensor:
     return torch.zeros_like(usage).scatter_(-1, idx, 1.0)
 
 
+def least_used_per_head(usage: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-head w^lu: head i gets a one-hot at the i-th least-used slot (i = 0..n-1). usage (B, S) -> float (B, n, S).
+
+    Summed over heads it equals :func:`least_used` (same ordering and tie-break); no gradient.
+    """
+    idx = torch.argsort(usage.detach(), dim=-1, stable=True)[..., :n]  # (B, n): i-th least used per head
+    return torch.zeros(*usage.shape[:-1], n, usage.shape[-1], dtype=usage.dtype, device=usage.device).scatter_(
+        -1, idx.unsqueeze(-1), 1.0)  # (B, n, S)
+
+
 def write_weights(gate_logit: torch.Tensor, prev_read: torch.Tensor, prev_least_used: torch.Tensor) -> torch.Tensor:
     """w^w = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1} (eq. 7).
 
-    gate_logit (B, H), prev_read (B, H, S), prev_least_used (B, S) -> (B, H, S).
+    gate_logit (B, H), prev_read (B, H, S), prev_least_used (B, S) shared by all heads or (B, H, S) per head
+    -> (B, H, S).
     """
     g = torch.sigmoid(gate_logit).unsqueeze(-1)  # (B, H, 1)
-    return g * prev_read + (1 - g) * prev_least_used.unsqueeze(1)
+    lu = prev_least_used.unsqueeze(1) if prev_least_used.dim() == 2 else prev_least_used  # (B, 1 or H, S)
+    return g * prev_read + (1 - g) * lu
 
 
 def clear_least_used(memory: torch.Tensor, prev_usage: torch.Tensor) -> torch.Tensor:
@@ -81,20 +102,23 @@ def update_usage(usage: torch.Tensor, read_weights: torch.Tensor, write_weights_
 
 def lrua_step(memory: torch.Tensor, usage: torch.Tensor, prev_read: torch.Tensor, keys: torch.Tensor,
               gate_logit: torch.Tensor, gamma: float, *, values: torch.Tensor | None = None,
-              strength: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              strength: torch.Tensor | None = None,
+              per_head: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LRUA write-then-read step. Returns (read vectors (B, H, W), memory, usage, read weights (B, H, S)).
 
     The write uses the previous step's read weights and least-used slots (eq. 7); the read uses the new key on
     the updated memory. The paper writes the key itself (eq. 8); ``values`` (B, H, W), optional, writes separate
     vectors instead (the NTM's add vectors). ``strength`` (B, H), optional: key strength of the read.
+    ``per_head``: head i writes to the i-th least-used slot instead of all n (see the module docstring).
     """
     n = keys.shape[1]
-    w_write = write_weights(gate_logit, prev_read, least_used(usage, n))  # (B, H, S)
+    lu = least_used_per_head(usage, n) if per_head else least_used(usage, n)  # (B, H, S) or (B, S)
+    w_write = write_weights(gate_logit, prev_read, lu)  # (B, H, S)
     memory = write(clear_least_used(memory, usage), w_write, keys if values is None else values)  # (B, S, W)
     w_read = content_address(keys, memory, strength)  # (B, H, S)
     usage = update_usage(usage, w_read, w_write, gamma)  # (B, S)
     return read(w_read, memory), memory, usage, w_read
 
 
-__all__ = ["content_address", "cosine_similarity", "read", "least_used", "write_weights",
+__all__ = ["content_address", "cosine_similarity", "read", "least_used", "least_used_per_head", "write_weights",
            "clear_least_used", "write", "update_usage", "lrua_step"]

@@ -174,6 +174,12 @@ def test_vinyals_split_files(tmp_path):
     assert [(names[c], k) for c, k in dm.tables["train"]] == [("Latin/character01", 0), ("Latin/character01", 1),
                                                              ("Latin/character02", 0)]
     assert [(names[c], k) for c, k in dm.tables["test"]] == [("Greek/character02", 3)]
+    (splits / "trainval.txt").write_text("Latin/character02/rot000\nGreek/character01/rot180\n")
+    dm = OmniglotDataModule(root=str(tmp_path), sources=["images_background"], split="vinyals", official_runs=False,
+                            vinyals_train="trainval")
+    dm.setup("fit")
+    assert [(names[c], k) for c, k in dm.tables["train"]] == [("Latin/character02", 0), ("Greek/character01", 2)]
+    assert [(names[c], k) for c, k in dm.tables["test"]] == [("Greek/character02", 3)]
     (splits / "test.txt").write_text("Hebrew/character01/rot000\n")
     dm = OmniglotDataModule(root=str(tmp_path), sources=["images_background"], split="vinyals", official_runs=False)
     with pytest.raises(DatasetError, match="alphabet Hebrew"):
@@ -292,3 +298,28 @@ def test_datamodule_batches(shared_data):
     names = [next(iter(dl))["task"] for dl in loaders]
     assert names == ["official_20way_1shot", "20way_5shot"] and len(loaders[0]) == 20
     assert dm.val_dataloader() == []
+
+
+def test_existing_archive_with_another_md5_is_used_and_its_md5_logged(tmp_path, caplog):
+    """The shared full zips are pixel-exact rebuilds whose md5 differs from the official one: accept, log both."""
+    import hashlib
+
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    _zip(root / "images_background.zip", {"images_background/Latin/character01/0001_01.png": _png()})
+    digest = hashlib.md5((root / "images_background.zip").read_bytes()).hexdigest()
+    dm = OmniglotDataModule(root=str(tmp_path), sources=["images_background"], official_runs=False, download=False)
+    with caplog.at_level(logging.INFO, logger="lit_papers.data.omniglot"):
+        dm.prepare_data()  # no download attempted (download=False would raise for a missing file)
+    assert dm.archive_md5 == {"images_background": digest}
+    assert digest in caplog.text and "68d2efa1b9178cc56df9314c21c6e718" in caplog.text
+
+
+def test_small1_alphabets_split_holds_out_whole_alphabets(shared_data):
+    """configs/*/small1_*_alphabets.yaml: test_size 1 alphabet, split_seed 0 -> Greek (24 characters)."""
+    dm = OmniglotDataModule(root=str(shared_data), split="alphabets", test_size=1, split_seed=0, rotations=True,
+                            official_runs=False)
+    dm.setup("fit")
+    alphabets = {s: {dm.characters.alphabets[c] for c in t[:, 0]} for s, t in dm.tables.items() if len(t)}
+    assert alphabets["test"] == {"Greek"} and alphabets["train"] == {"Balinese", "Early_Aramaic", "Korean", "Latin"}
+    assert len(dm.tables["test"]) == 24 * 4 and len(dm.tables["train"]) == (136 - 24) * 4

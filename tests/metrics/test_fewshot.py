@@ -26,3 +26,12 @@ def test_moments_add_across_ranks():
     assert mean_ci95(values)[1] == pytest.approx(1.959964 * values.double().std().item() / math.sqrt(101), rel=1e-6)
     with pytest.raises(ValueError):
         moments_ci95(torch.zeros(3, dtype=torch.float64))
+
+
+def test_binomial_interval_of_the_official_runs_by_hand():
+    from lit_papers.metrics.fewshot import binomial_ci95
+
+    p, ci = binomial_ci95(340, 400)  # 85 % of the 20 official runs x 20 queries
+    assert p == 0.85 and math.isclose(ci, 1.959963984540054 * math.sqrt(0.85 * 0.15 / 400))
+    with pytest.raises(ValueError):
+        binomial_ci95(0, 0)

@@ -99,3 +99,38 @@ def test_step_with_separate_values_writes_the_value_and_reads_with_the_key():
     torch.testing.assert_close(new_memory[0, 2], value[0, 0])  # the value, not the key, fills the cleared slot
     assert w[0, 0].argmax() == 1  # the key matches slot 1 = (0, 1), not the slot just written
     torch.testing.assert_close(r[0, 0], memory[0, 1], atol=1e-3, rtol=0)
+
+
+def test_multi_head_write_shared_vs_per_head_by_hand():
+    """usage [0.5, 0.1, 0.9, 0.2, 0.05]: least used slot 4, then slot 1. Two heads, sigmoid(0) = 0.5, head 0 last
+    read slot 0, head 1 last read slot 2.
+    Eqs. 6-7 as written: w^lu = e1 + e4 for both heads -> head 0: 0.5 e0 + 0.5 e1 + 0.5 e4 (sums to 1.5).
+    Per head: head 0 -> 0.5 e0 + 0.5 e4, head 1 -> 0.5 e2 + 0.5 e1 (each sums to 1)."""
+    from lit_papers.ops.lrua import least_used_per_head
+
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.2, 0.05]])
+    prev_read = torch.tensor([[[1.0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0]]])
+    gate = torch.zeros(1, 2)
+    least_used, write_weights = lrua.least_used, lrua.write_weights
+    shared = write_weights(gate, prev_read, least_used(usage, 2))
+    assert torch.equal(shared, torch.tensor([[[0.5, 0.5, 0, 0, 0.5], [0, 0.5, 0.5, 0, 0.5]]]))
+    per_head_lu = least_used_per_head(usage, 2)
+    assert torch.equal(per_head_lu, torch.tensor([[[0, 0, 0, 0, 1.0], [0, 1.0, 0, 0, 0]]]))
+    assert torch.equal(per_head_lu.sum(1), least_used(usage, 2))
+    per_head = write_weights(gate, prev_read, per_head_lu)
+    assert torch.equal(per_head, torch.tensor([[[0.5, 0, 0, 0, 0.5], [0, 0.5, 0.5, 0, 0]]]))
+    assert torch.allclose(per_head.sum(-1), torch.ones(1, 2))
+
+
+def test_per_head_step_writes_each_key_to_its_own_fresh_slot():
+    """Gate -inf (only the least-used term): with per_head each head's key lands in a different fresh slot."""
+    lrua_step = lrua.lrua_step
+    memory = torch.zeros(1, 4, 2)
+    usage = torch.tensor([[0.9, 0.3, 0.1, 0.6]])  # least used: slot 2, then slot 1 (slot 2 is also cleared)
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    gate = torch.full((1, 2), -1e4)
+    prev_read = torch.zeros(1, 2, 4)
+    _, mem_shared, _, _ = lrua_step(memory, usage, prev_read, keys, gate, 0.95)
+    _, mem_head, _, _ = lrua_step(memory, usage, prev_read, keys, gate, 0.95, per_head=True)
+    assert torch.allclose(mem_head[0], torch.tensor([[0.0, 0], [0, 1], [1, 0], [0, 0]]))
+    assert torch.allclose(mem_shared[0], torch.tensor([[0.0, 0], [1, 1], [1, 1], [0, 0]]))  # both keys in both slots

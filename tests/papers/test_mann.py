@@ -50,8 +50,9 @@ def test_tiny_fit_and_test_on_the_real_data(cli):
     cli("fit", "--config", "configs/mann/tiny.yaml", "--wandb", "false")
     ckpt = cli.runs / "mann" / "tiny" / "v0" / "checkpoints" / "last.ckpt"
     proc = cli("test", "--config", "configs/mann/tiny.yaml", "--wandb", "false", "--ckpt_path", str(ckpt))
-    for k in (1, 2, 3):
+    for k in (1, 2, 3, 4):
         assert f"test/acc_inst{k}" in proc.stdout
+    assert "test/acc_inst4_ci95" in proc.stdout and "test/acc_inst4_n" in proc.stdout
 
 
 def test_instance_curves_put_each_point_where_its_accuracy_is(tmp_path):
@@ -64,13 +65,15 @@ def test_instance_curves_put_each_point_where_its_accuracy_is(tmp_path):
     rows = lambda ours, paper, source: [  # noqa: E731
         {"metric": f"test/acc_inst{k}", "ours": o, "paper_value": p, "source": source}
         for k, o, p in zip((1, 2, 3, 5, 10), ours, paper)]
-    (tmp_path / "a.json").write_text(json.dumps(rows([30, 75, 85, 88, 90], [36, 83, 91, 93, 95], "Table 1 (verify)")))
-    (tmp_path / "b.json").write_text(json.dumps(rows([20, 45, 50, 55, 58], [24, 50, 55, 61, 64],
-                                                     "Table 1, LSTM (verify)")))
-    series = series_from_results([("a", "MANN ours"), ("b", "LSTM ours")], tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps(rows([30, 75, 85, 88, 90], [36, 83, 91, 95, 98], "Table 1")))
+    (tmp_path / "b.json").write_text(json.dumps(rows([20, 45, 50, 55, 58], [24, 50, 55, 64, 62], "Table 1, LSTM")))
+    card = tmp_path / "card.yaml"  # the 4th instance is not in the result files: the paper's comes from the card
+    card.write_text("results:\n  - {variant: b, metric: test/acc_inst4, value: 61, source: x}\n")
+    series = series_from_results([("a", "MANN ours"), ("b", "LSTM ours")], tmp_path, card)
     assert [(label, dashed) for label, _, dashed in series] == [
         ("MANN ours", False), ("LSTM ours", False), ("MANN, paper (Table 1)", True), ("LSTM, paper (Table 1)", True)]
-    assert series[3][1] == {1: 24, 2: 50, 3: 55, 5: 61, 10: 64}  # the paper's, not ours
+    assert series[3][1] == {1: 24, 2: 50, 3: 55, 4: 61, 5: 64, 10: 62}  # the paper's, not ours
+    assert 4 not in series[1][1]  # our 4th instance was not logged: left out, not invented
     out = draw_curves(series, tmp_path / "curves.png")
     image, frame = Image.open(out).convert("RGB"), Frame()
     assert image.size == (frame.width, frame.height) and not list(tmp_path.glob(".*.tmp"))
@@ -80,3 +83,33 @@ def test_instance_curves_put_each_point_where_its_accuracy_is(tmp_path):
     assert frame.pixel(1, 0)[1] > frame.pixel(1, 100)[1] and frame.pixel(10, 50)[0] > frame.pixel(1, 50)[0]
     with pytest.raises(SystemExit, match="c.json"):
         series_from_results([("c", "missing")], tmp_path)
+
+
+def test_instance_counts_and_interval_over_episodes_by_hand():
+    import math
+
+    from lit_papers.metrics.fewshot import moments_ci95
+    from lit_papers.papers.mann.module import MANNLitModule
+
+    module = MANNLitModule(model=torch.nn.Linear(1, 1), optimizer=torch.optim.SGD, max_instance=2)
+    labels = torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]])
+    preds = torch.tensor([[0, 0, 0, 1], [1, 0, 1, 0]])
+    logits = torch.nn.functional.one_hot(preds, 2).float()  # argmax = preds
+    counts = module._instance_counts(logits, labels)
+    # episode 1: inst1 1/2, inst2 2/2; episode 2: inst1 1/2, inst2 1/2
+    expected = torch.tensor([[2, 3], [4, 4], [2, 2], [1.0, 1.5], [0.5, 1.25]], dtype=torch.float64)
+    assert torch.equal(counts, expected)
+    mean, ci = moments_ci95(counts[2:5, 1])
+    assert mean == 0.75 and math.isclose(ci, 1.959963984540054 * 0.25)  # sample var 0.125 over 2 episodes
+
+
+@pytest.mark.parametrize("config", ["tiny_per_head", "tiny_alphabets"])
+def test_tiny_variant_configs_train_and_every_parameter_gets_a_gradient(cli, tmp_path, config):
+    """The tiny presets of new variants (the generic test in tests/test_configs.py only picks up tiny.yaml)."""
+    import json
+
+    out = tmp_path / "grads.json"
+    cli("fit", "--config", f"configs/mann/{config}.yaml", "--wandb", "false", "--trainer.fast_dev_run", "true",
+        "--trainer.callbacks+=tests.helpers.probes.CheckAllGradients", f"--trainer.callbacks.out={out}")
+    grads = json.loads(out.read_text())
+    assert grads["total"] > 0 and grads["missing"] == [], grads["missing"][:10]

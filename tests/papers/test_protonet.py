@@ -42,9 +42,16 @@ def test_tiny_fit_and_test_on_the_real_data(cli):
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     proc = cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", str(ckpt))
-    assert "test/official_20way_1shot_acc" in proc.stdout and "test/5way_5shot_ci95" in proc.stdout
+    assert "test/official_20way_1shot_acc" in proc.stdout and "test/5way_5shot_acc_ci95" in proc.stdout
     metrics = (cli.runs / "protonet" / "tiny" / "v1" / "csv" / "metrics.csv").read_text()
-    assert "test/official_20way_1shot_acc" in metrics and "test/5way_5shot_ci95" in metrics
+    assert "test/official_20way_1shot_acc" in metrics and "test/5way_5shot_acc_ci95" in metrics
+    import csv
+
+    row = [r for r in csv.DictReader(metrics.splitlines()) if r.get("test/official_20way_1shot_acc")][-1]
+    assert float(row["test/official_20way_1shot_acc_n"]) == 400  # 20 runs x 20 queries: binomial over queries
+    p, ci = float(row["test/official_20way_1shot_acc"]), float(row["test/official_20way_1shot_acc_ci95"])
+    assert ci == pytest.approx(1.959964 * (p * (1 - p) / 400) ** 0.5, rel=1e-4)
+    assert float(row["test/5way_5shot_acc_n"]) > 0  # episodes
 
 
 def test_cached_evaluation_equals_direct_evaluation(shared_data):
@@ -87,7 +94,7 @@ def test_ddp_test_metrics_equal_single_process(cli):
         "--trainer.strategy", "ddp", "--trainer.devices", "2", timeout=900)
     cli("test", "--config", "configs/protonet/tiny.yaml", "--wandb", "false", "--ckpt_path", ckpt, *tasks)
     two, one = cli.runs / "protonet" / "tiny" / "v1", cli.runs / "protonet" / "tiny" / "v2"
-    for key in ("test/official_20way_1shot_acc", "test/5way_1shot_acc", "test/5way_1shot_ci95", "test/loss"):
+    for key in ("test/official_20way_1shot_acc", "test/5way_1shot_acc", "test/5way_1shot_acc_ci95", "test/loss"):
         assert last(two, key) == pytest.approx(last(one, key), rel=1e-5, abs=1e-7), key
 
 
@@ -150,3 +157,65 @@ def test_config_settings_win_over_checkpoint_hyperparameters_at_test_time(cli):
     one, two = cli.runs / "protonet" / "tiny" / "v1", cli.runs / "protonet" / "tiny" / "v2"
     assert yaml.safe_load((two / "config.yaml").read_text())["model"]["init_args"]["test_time_augment"] == [2, 10, 1]
     assert last(two, "test/loss") != pytest.approx(last(one, "test/loss"), rel=1e-6)  # TTA really was applied
+
+
+def test_tiny_alphabets_config_trains_and_every_parameter_gets_a_gradient(cli, tmp_path):
+    """The tiny preset of a new variant (the generic test in tests/test_configs.py only picks up tiny.yaml)."""
+    import json
+
+    out = tmp_path / "grads.json"
+    cli("fit", "--config", "configs/protonet/tiny_alphabets.yaml", "--wandb", "false", "--trainer.fast_dev_run", "true",
+        "--trainer.callbacks+=tests.helpers.probes.CheckAllGradients", f"--trainer.callbacks.out={out}")
+    grads = json.loads(out.read_text())
+    assert grads["total"] > 0 and grads["missing"] == [], grads["missing"][:10]
+
+
+def test_channels_last_is_faster_memory_layout_with_the_same_numbers():
+    """channels_last only changes the memory layout: the convolutions run channels-last, and the loss and every
+    gradient equal the default layout's to float rounding."""
+    import copy
+
+    from lit_papers.backbones.conv4 import Conv4
+    from lit_papers.papers.protonet.model import PrototypicalNetwork
+    from lit_papers.papers.protonet.module import ProtoNetLitModule
+
+    torch.manual_seed(0)
+    net = PrototypicalNetwork(encoder=Conv4())
+    plain = ProtoNetLitModule(model=net, optimizer=torch.optim.Adam)
+    fast = ProtoNetLitModule(model=copy.deepcopy(net), optimizer=torch.optim.Adam, channels_last=True)
+    assert fast.model.encoder.blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(12, 1, 28, 28)
+    assert fast.model.encoder(x)["block1"].is_contiguous(memory_format=torch.channels_last)
+    assert not plain.model.encoder(x)["block1"].is_contiguous(memory_format=torch.channels_last)
+    batch = {"support": torch.rand(1, 10, 1, 28, 28), "support_labels": torch.arange(5).repeat(2)[None],
+             "query": torch.rand(1, 15, 1, 28, 28), "query_labels": torch.arange(5).repeat(3)[None],
+             "classes": torch.arange(5)[None]}
+    losses = []
+    for module in (plain, fast):
+        module.log = lambda *a, **k: None  # no trainer attached
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(plain.model.named_parameters(), fast.model.parameters()):
+        # gradients are O(1); a conv bias in front of batch norm has true gradient 0 and shows rounding noise only
+        torch.testing.assert_close(a.grad, b.grad.contiguous(), rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_val_curve_reads_validation_rows_and_picks_the_lowest_loss(tmp_path):
+    from lit_papers.papers.protonet.val_curve import choose, read_curve, table
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/5way_1shot_acc,val/5way_1shot_acc_ci95,val/5way_1shot_loss,val/loss,"
+                    "test/5way_1shot_acc\n"
+                    "0,24,1.5,,,,,\n"
+                    "4,499,,0.97,0.007,0.08,0.16,\n"
+                    "9,999,,0.98,0.006,0.05,0.12,\n"
+                    "14,1499,,0.985,0.005,0.06,0.11,\n"
+                    "14,1499,,,,,,0.99\n")  # a test row: never read
+    curve = read_curve(path)
+    assert [p["episodes"] for p in curve] == [500, 1000, 1500]
+    assert all(not any(k.startswith("test/") for k in p) for p in curve)
+    assert choose(curve, "val/5way_1shot_loss")["episodes"] == 1000  # lowest 5-way loss, not lowest val/loss
+    assert choose(curve, "val/loss")["episodes"] == 1500
+    assert "| 1000 | 98.00 ± 0.60 | 0.1200 |" in table(curve)

@@ -38,11 +38,15 @@ class MemoryAugmentedNetwork(nn.Module):
     a_t = tanh(W_a h_t) instead of the key k_t (the NTM's add vector; with one vector, the read at step t finds
     the key it has just written); ``key_strength`` sharpens the read softmax by beta_t = 1 + softplus(w_b h_t)
     per head (the NTM's content addressing; with beta = 1 no slot can get more than e^2 times another's weight).
+
+    ``per_head_write``: how eq. 7 reads with several heads (see :mod:`lit_papers.ops.lrua`). False (the equations
+    as written): every head's write weights include all n least-used slots; True: head i writes to the i-th
+    least-used slot, so each head's write weights sum to one.
     """
 
     def __init__(self, *, input_size: int = 400, num_classes: int = 5, hidden_size: int = 200,
                  memory_slots: int = 128, memory_width: int = 40, read_heads: int = 4, gamma: float = 0.95,
-                 separate_values: bool = False, key_strength: bool = False) -> None:
+                 separate_values: bool = False, key_strength: bool = False, per_head_write: bool = False) -> None:
         super().__init__()
         self.num_classes, self.slots, self.width, self.heads, self.gamma = (
             num_classes, memory_slots, memory_width, read_heads, gamma)
@@ -52,6 +56,7 @@ class MemoryAugmentedNetwork(nn.Module):
         self.output = nn.Linear(hidden_size + read_heads * memory_width, num_classes)
         self.value = nn.Linear(hidden_size, read_heads * memory_width) if separate_values else None  # a_t per head
         self.strength = nn.Linear(hidden_size, read_heads) if key_strength else None  # beta_t per head
+        self.per_head_write = per_head_write
 
     def initial_state(self, batch: int, device: torch.device) -> dict:
         first_slot = torch.zeros(batch, self.heads, self.slots, device=device)
@@ -78,7 +83,7 @@ class MemoryAugmentedNetwork(nn.Module):
             values = None if self.value is None else torch.tanh(self.value(h)).view(b, self.heads, self.width)
             strength = None if self.strength is None else 1 + F.softplus(self.strength(h))  # (B, H)
             r, memory, usage, w_read = lrua_step(memory, usage, w_read, keys, self.gate(h), self.gamma,
-                                                 values=values, strength=strength)
+                                                 values=values, strength=strength, per_head=self.per_head_write)
             reads = r.reshape(b, self.heads * self.width)  # (B, H*W)
             outputs.append(self.output(torch.cat([h, reads], dim=-1)))
         return torch.stack(outputs, dim=1)  # (B, T, C)
