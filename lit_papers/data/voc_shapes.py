@@ -172,13 +172,12 @@ class VOCShapesDataModule(VOCDataModule):
 
     def __init__(self, *, num_train: int = 1000, num_val: int = 100, image_size: int = 128, max_objects: int = 4,
                  border: int = 2, generator_seed: int = 0, root: str | None = None, subdir: str = "shapes",
-                 task: Literal["detection", "segmentation"] = "segmentation", hflip: float = 0.0, **kwargs) -> None:
-        kwargs.setdefault("download", False)
-        kwargs.setdefault("train_splits", (f"{YEAR}_train",))
-        kwargs.setdefault("test_splits", (f"{YEAR}_val",))
-        kwargs.setdefault("min_size", image_size)
-        kwargs.setdefault("max_size", image_size)
-        super().__init__(root=root, task=task, hflip=hflip, classes=SHAPE_CLASSES, **kwargs)
+                 task: Literal["detection", "segmentation"] = "segmentation", hflip: float = 0.0,
+                 train_splits: tuple[str, ...] = (f"{YEAR}_train",), test_splits: tuple[str, ...] = (f"{YEAR}_val",),
+                 min_size: int | None = None, max_size: int | None = None, download: bool = False, **kwargs) -> None:
+        super().__init__(root=root, task=task, hflip=hflip, classes=SHAPE_CLASSES, train_splits=train_splits,
+                         test_splits=test_splits, min_size=min_size or image_size, max_size=max_size or image_size,
+                         download=download, **kwargs)
         self.save_hyperparameters()
         self.folder = generated_dir("voc", root) / subdir
         self.devkit = self.folder / "VOCdevkit"
