@@ -201,3 +201,11 @@ def test_segmentation_on_the_real_sample_without_pngs_names_the_missing_listing(
                        test_splits=["2012_trainval"], download=False, num_workers=0)
     with pytest.raises(DatasetMissingError, match=r"ImageSets/Segmentation/trainval.txt not found"):
         dm.setup("fit")
+
+
+def test_segmentation_flip_moves_image_and_mask_together(voc_set):
+    plain = VOCSegmentation(voc_set / "VOCdevkit", ["2012_train"], classes=SHAPE_CLASSES)
+    flipped = VOCSegmentation(voc_set / "VOCdevkit", ["2012_train"], classes=SHAPE_CLASSES, hflip=1.0)
+    (image, mask), (image_f, mask_f) = plain[(3, 0)], flipped[(3, 0)]
+    assert torch.equal(mask_f, mask.flip(-1)) and not torch.equal(mask_f, mask)
+    assert torch.equal(image_f, image.flip(-1))
