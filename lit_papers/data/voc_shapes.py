@@ -179,6 +179,7 @@ class VOCShapesDataModule(VOCDataModule):
                          test_splits=test_splits, min_size=min_size or image_size, max_size=max_size or image_size,
                          download=download, **kwargs)
         self.save_hyperparameters()
+        self.hparams.min_size, self.hparams.max_size = min_size or image_size, max_size or image_size
         self.folder = generated_dir("voc", root) / subdir
         self.devkit = self.folder / "VOCdevkit"
 

@@ -209,3 +209,13 @@ def test_segmentation_flip_moves_image_and_mask_together(voc_set):
     (image, mask), (image_f, mask_f) = plain[(3, 0)], flipped[(3, 0)]
     assert torch.equal(mask_f, mask.flip(-1)) and not torch.equal(mask_f, mask)
     assert torch.equal(image_f, image.flip(-1))
+
+
+def test_the_same_set_serves_detection(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_PAPERS_CACHE", str(tmp_path / "cache"))
+    dm = VOCShapesDataModule(num_train=12, num_val=4, image_size=48, batch_size=2, num_workers=0, subdir="d",
+                             task="detection")
+    dm.setup("fit")
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images[0].shape == (3, 48, 48) and targets[0]["labels"].min() >= 1 and targets[0]["labels"].max() <= 3
+    assert dm.datasets["test"].coco.loadCats([1])[0]["name"] == "circle"
