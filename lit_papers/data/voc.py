@@ -295,8 +295,13 @@ class VOCSegmentation(Dataset):
         return len(self.items)
 
     def image_refs(self) -> list[ImageRef]:
-        """Every image with the (height, width) of its label PNG's header (for :func:`verify_images`)."""
-        return [ImageRef(jpg, image_size(png), f"label image {png}") for _, jpg, png in self.items]
+        """Every image with the (height, width) of its label PNG's header, and every label PNG itself (for
+        :func:`verify_images`: a truncated mask is found at setup, not mid-training)."""
+        refs = []
+        for _, jpg, png in self.items:
+            hw = image_size(png)
+            refs += [ImageRef(jpg, hw, f"label image {png}"), ImageRef(png, hw, f"image {jpg}")]
+        return refs
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, (tuple, list)) else (item, None)

@@ -219,3 +219,14 @@ def test_the_same_set_serves_detection(tmp_path, monkeypatch):
     images, targets = next(iter(dm.train_dataloader()))
     assert images[0].shape == (3, 48, 48) and targets[0]["labels"].min() >= 1 and targets[0]["labels"].max() <= 3
     assert dm.datasets["test"].coco.loadCats([1])[0]["name"] == "circle"
+
+
+def test_setup_finds_a_truncated_label_png(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_PAPERS_CACHE", str(tmp_path / "cache"))
+    dm = VOCShapesDataModule(num_train=6, num_val=3, image_size=48, num_workers=0, subdir="bad")
+    dm.prepare_data()
+    png = dm.devkit / "VOC2012" / "SegmentationClass" / "2012_000002.png"
+    data = png.read_bytes()
+    png.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"2012_000002.png"):
+        dm.setup("fit")
