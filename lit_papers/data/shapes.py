@@ -84,10 +84,12 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image
 
 
-def render_image(rng: np.random.Generator, *, size: int = 128, max_objects: int = 4, min_side: float = 14,
+def render_scene(rng: np.random.Generator, *, size: int = 128, max_objects: int = 4, min_side: float = 14,
                  max_side: float = 56, min_visible: float = 0.5, min_area: float = 40.0
-                 ) -> tuple[np.ndarray, list[dict]]:
-    """One image (size, size, 3) uint8 and its annotations (``category_id``, ``segmentation``, ``area``, ``bbox``)."""
+                 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """The drawing shared by the COCO- and VOC-format sets: an image (size, size, 3) float64 (not yet clipped)
+    and its objects in painting order as ``(category id, analytic polygon (V, 2), visible mask (size, size)
+    uint8)``; the visible mask is the analytic shape minus what later shapes cover."""
     image = _background(rng, size)
     count = int(rng.integers(1, max_objects + 1))
     placed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (category id, analytic polygon, visible mask)
@@ -108,6 +110,18 @@ def render_image(rng: np.random.Generator, *, size: int = 128, max_objects: int 
         image[full.astype(bool)] = colour + rng.normal(0, 4, size=(int(full.sum()), 3))
         placed = [(c, p, m & (1 - full)) for c, p, m in placed]  # occlusion by the new shape
         placed.append((cat["id"], poly, full))
+    return image, placed
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def render_image(rng: np.random.Generator, **kwargs) -> tuple[np.ndarray, list[dict]]:
+    """One image (size, size, 3) uint8 and its COCO annotations (``category_id``, ``segmentation``, ``area``,
+    ``bbox``); ``kwargs`` as :func:`render_scene`."""
+    image, placed = render_scene(rng, **kwargs)
+    size = image.shape[0]
     annotations = []
     for cat_id, poly, visible in placed:
         full = _rasterize([poly.reshape(-1).tolist()], size)
@@ -120,7 +134,7 @@ def render_image(rng: np.random.Generator, *, size: int = 128, max_objects: int 
             continue
         annotations.append({"category_id": cat_id, "segmentation": polygons, "area": area,
                             "bbox": [round(float(v), 2) for v in mask_utils.toBbox(rle)], "iscrowd": 0})
-    return np.clip(image, 0, 255).astype(np.uint8), annotations
+    return to_uint8(image), annotations
 
 
 def write_split(folder: Path, split: str, num_images: int, rng: np.random.Generator, first_id: int, **kwargs) -> dict:
@@ -142,25 +156,34 @@ def write_split(folder: Path, split: str, num_images: int, rng: np.random.Genera
             "images": images, "annotations": annotations, "categories": [dict(c) for c in CATEGORIES]}
 
 
+def write_atomically(folder: str | os.PathLike, marker: str, fill) -> Path:
+    """Create ``folder`` by ``fill(scratch)`` on a scratch folder renamed at the end (no half-written set is
+    ever visible); a no-op when ``folder/marker`` exists, also when another process finished first."""
+    folder = Path(folder)
+    if (folder / marker).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        fill(scratch)
+        try:
+            os.replace(scratch, folder)
+        except OSError:  # another process finished first
+            if not (folder / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder
+
+
 def write_shapes(folder: str | os.PathLike, *, num_train: int = 1000, num_val: int = 100, size: int = 128,
                  max_objects: int = 4, seed: int = 0) -> Path:
     """Write the whole set into ``folder`` (atomically: a scratch folder renamed at the end). No-op if present."""
-    folder = Path(folder)
-    if (folder / "annotations" / "instances_val2017.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".shapes-", dir=folder.parent))
-    try:
+    def fill(scratch: Path) -> None:
         (scratch / "annotations").mkdir()
         for split, n, first_id, offset in (("train", num_train, 1, 0), ("val", num_val, 1_000_001, 1)):
             rng = np.random.default_rng([seed, offset])
             data = write_split(scratch, split, n, rng, first_id, size=size, max_objects=max_objects)
             (scratch / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
-        try:
-            os.replace(scratch, folder)
-        except OSError:  # another process finished first
-            if not (folder / "annotations" / "instances_val2017.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+
+    return write_atomically(folder, "annotations/instances_val2017.json", fill)
