@@ -23,6 +23,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
+from lit_papers.backbones.timm_backbone import TimmBackbone
+from lit_papers.layers.fpn import FPN
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -79,16 +82,18 @@ class TwoStageDetector(nn.Module):
         return detections
 
 
-def build_features(*, backbone: str, fpn: bool, fpn_channels: int = 256, out_indices: Sequence[int] | None = None,
-                   pretrained: bool = False, checkpoint_path: str | None = None, freeze_bn: bool = False,
-                   freeze_at: int = 0) -> tuple[nn.Module, list[str], list[int]]:
-    """Backbone (+ FPN) and the maps the RoI heads pool from: FPN -> P2..P5 (P6 feeds the RPN only);
-    no FPN ("C4", the Fast/Faster R-CNN setting) -> the single stride-16 map C4 (``out_indices=(3,)``)."""
-    from lit_papers.backbones.timm_backbone import TimmBackbone
-    from lit_papers.layers.fpn import FPN
+SINGLE_MAP_STRIDE = 16  # Fast/Faster R-CNN's conv5_3 (VGG-16) or C4 (ResNet): the one map of a detector without FPN
+FPN_STRIDES = (4, 8, 16, 32)  # C2..C5 -> P2..P5 (Lin et al. 2017, sec. 3); P6 = subsampled P5, for the RPN only
 
-    indices = tuple(out_indices) if out_indices is not None else ((1, 2, 3, 4) if fpn else (3,))
-    body = TimmBackbone(name=backbone, out_indices=indices, pretrained=pretrained, checkpoint_path=checkpoint_path,
+
+def build_features(*, backbone: str, fpn: bool, fpn_channels: int = 256, pretrained: bool = False,
+                   checkpoint_path: str | None = None, freeze_bn: bool = False,
+                   freeze_at: int = 0) -> tuple[nn.Module, list[str], list[int]]:
+    """Backbone (+ FPN) and the maps the RoI heads pool from, chosen by stride (never by timm index):
+    FPN -> the backbone's stride 4..32 maps into P2..P6, RoIs from P2..P5; no FPN -> the single stride-16 map
+    (VGG-16 conv5_3, ResNet C4). A backbone without such a map is a ValueError naming its strides."""
+    strides = FPN_STRIDES if fpn else (SINGLE_MAP_STRIDE,)
+    body = TimmBackbone(name=backbone, strides=strides, pretrained=pretrained, checkpoint_path=checkpoint_path,
                         freeze_bn=freeze_bn, freeze_at=freeze_at)
     if not fpn:
         return body, list(body.names), list(body.strides)
