@@ -4,8 +4,10 @@ Input: a list of images float (3, H_i, W_i) in [0, 1] (already resized by the da
 normalises with ``pixel_mean``/``pixel_std`` (ImageNet statistics, as for the timm backbones) and pads the batch
 to a multiple of ``size_divisible`` (32 for FPN: P5 must tile the image). Targets as torchvision's: dicts with
 ``boxes`` (N, 4) xyxy float, ``labels`` (N,) int64 in 1..K, ``masks`` (N, H, W) uint8 for Mask R-CNN.
-Output: training -> dict of losses (float32); eval -> one dict per image with ``boxes`` (xyxy in the input
-image's pixels), ``labels``, ``scores`` [+ ``mask_probs`` (N, 1, 28, 28)].
+Output: training -> dict of losses (float32); eval -> one dict per image with ``boxes`` (xyxy, in the pixels of
+``original_sizes`` when given, else of the input image), ``labels``, ``scores`` [+ Mask R-CNN's ``mask_probs``
+(N, 1, M, M) and ``masks`` (N, H0, W0) uint8, pasted by its ``postprocess``]. ``iou_types`` says what the
+outputs can be evaluated as (``("bbox",)`` here; Mask R-CNN adds ``"segm"``).
 
 The RPN is torchvision's ``RegionProposalNetwork`` (Ren et al. 2015, sec. 3.1: 3x3 conv + sibling 1x1
 objectness/box convs, anchors of several scales and aspect ratios, IoU >= 0.7 positive / < 0.3 negative,
@@ -72,13 +74,26 @@ class TwoStageDetector(nn.Module):
                              for im in images])  # (B, 3, H, W)
         return batch, sizes
 
-    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+    iou_types: tuple[str, ...] = ("bbox",)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None,
+                original_sizes: list[tuple[int, int]] | None = None):
+        """``original_sizes``: (H0, W0) of each image before the datamodule resized it; eval outputs are mapped
+        there (default: the input sizes, i.e. no rescaling)."""
         batch, sizes = self.batch_images(images)
         features = self.features(batch)
         proposals, rpn_losses = self.rpn(ImageList(batch, sizes), features, targets)
         detections, roi_losses = self.roi_heads(features, proposals, sizes, targets)
         if self.training:
             return {k: v.float() for k, v in {**rpn_losses, **roi_losses}.items()}
+        return self.postprocess(detections, sizes, sizes if original_sizes is None else original_sizes)
+
+    def postprocess(self, detections: list[dict], image_sizes: list[tuple[int, int]],
+                    original_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Boxes from the network's input pixels (H, W) to the original image's (H0, W0): x * W0 / W, y * H0 / H."""
+        for det, (h, w), (h0, w0) in zip(detections, image_sizes, original_sizes):
+            ratio = det["boxes"].new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+            det["boxes"] = det["boxes"] * ratio  # (N, 4) original pixels
         return detections
 
 

@@ -30,4 +30,4 @@ def test_overfit_four_coco_images(tmp_path):
     dm.setup("fit")
     assert dm.datasets["train"].ids == dm.datasets["val"].ids  # the same 4 images
     trainer.fit(module, datamodule=dm)
-    assert module.last_metrics["bbox"]["AP"] >= 0.9
+    assert module.last_metrics["bbox_AP"] >= 0.9

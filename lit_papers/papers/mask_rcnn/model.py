@@ -14,7 +14,8 @@ Sec. 3 of the paper, top to bottom:
   Targets: the ground-truth mask cropped to the RoI and resampled to 28x28 (torchvision's
   ``project_masks_on_boxes``), binarised at 0.5 for the softmax variant.
 * Inference (sec. 3.1): the mask branch runs on the top-100 post-NMS detections; the k-th mask (k = predicted
-  class) is taken, sigmoid (or the softmax probability of k); the module resizes it to the box and binarises at 0.5.
+  class) is taken, sigmoid (or the softmax probability of k); ``MaskRCNN.postprocess`` resizes it into the box
+  in the original image (torchvision's ``paste_masks_in_image``) and binarises it at ``mask_threshold`` 0.5.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import project_masks_on_boxes
+from torchvision.models.detection.transform import paste_masks_in_image
 
 from lit_papers.detection.poolers import RoIPooler
 from lit_papers.detection.rcnn import RCNN
@@ -100,9 +102,11 @@ class MaskRCNN(RCNN):
     ``mask_pooler`` "align" | "pool" (Table 2c), ``mask_pool_size`` 14, ``mask_head_convs`` 4 x ``mask_head_dim``
     256 (Fig. 4), ``class_agnostic_masks`` (Table 2b), ``mask_loss`` "sigmoid" | "softmax" (Table 2b)."""
 
+    iou_types = ("bbox", "segm")
+
     def __init__(self, *, mask_pooler: str = "align", mask_pool_size: int = 14, mask_head_convs: int = 4,
                  mask_head_dim: int = 256, class_agnostic_masks: bool = False, mask_loss: str = "sigmoid",
-                 **kwargs) -> None:
+                 mask_threshold: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
         pooler = RoIPooler(featmap_names=self.roi_featmap_names, strides=self.roi_strides, output_size=mask_pool_size,
                            kind=mask_pooler, sampling_ratio=self.sampling_ratio, aligned=self.aligned)
@@ -110,3 +114,13 @@ class MaskRCNN(RCNN):
                         num_convs=mask_head_convs, dim=mask_head_dim)
         self.roi_heads.mask_branch = MaskBranch(pooler=pooler, head=head, class_agnostic=class_agnostic_masks,
                                                 loss=mask_loss)
+        self.mask_threshold = mask_threshold
+
+    def postprocess(self, detections: list[dict], image_sizes, original_sizes) -> list[dict]:
+        """Boxes to original pixels (Faster R-CNN's postprocess), then each M x M mask probability map pasted into
+        its box in the original image and binarised at ``mask_threshold`` (sec. 3.1): ``masks`` (N, H0, W0) uint8."""
+        detections = super().postprocess(detections, image_sizes, original_sizes)
+        for det, (h0, w0) in zip(detections, original_sizes):
+            probs = paste_masks_in_image(det["mask_probs"], det["boxes"], (int(h0), int(w0)), padding=1)  # (N, 1, H0, W0)
+            det["masks"] = (probs[:, 0] >= self.mask_threshold).to(torch.uint8)  # (N, H0, W0)
+        return detections
