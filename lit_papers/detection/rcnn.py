@@ -2,7 +2,8 @@
 Flat, typed options (the CLI schema); what the papers vary is an option:
 
 * ``fpn=True``: FPN neck, anchors one size per level P2..P6, RoIs pooled from P2..P5 by scale (Lin et al. 2017);
-  ``fpn=False``: the single stride-16 map C4 with all anchor sizes on it (Ren et al. 2015 / "C4").
+  ``fpn=False``: the single map at ``feature_stride`` (16: conv5_3 / C4, Ren et al. 2015; 32: C5, Mask R-CNN
+  Table 2d) with all anchor sizes on it.
 * ``box_pooler="align"`` (RoIAlign, Mask R-CNN) or ``"pool"`` (RoIPool: the Fast R-CNN setting, sec. 2.1).
 * ``box_head="fc"``: 2 FC layers of ``box_head_dim`` (1024 for FPN; Fast R-CNN's VGG fc6/fc7: 4096 with dropout
   ``box_head_dropout`` 0.5, initialised from the ImageNet classifier with ``box_head_from_backbone``);
@@ -41,6 +42,7 @@ class RCNN(TwoStageDetector):
         freeze_at: int = 0,
         fpn: bool = True,
         fpn_channels: int = 256,
+        feature_stride: int = 16,
         anchor_sizes: Sequence[Sequence[int]] = ((32,), (64,), (128,), (256,), (512,)),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         rpn_pre_nms_top_n_train: int = 2000,
@@ -63,6 +65,7 @@ class RCNN(TwoStageDetector):
         detections_per_img: int = 100,
     ) -> None:
         features, names, strides = build_features(backbone=backbone, fpn=fpn, fpn_channels=fpn_channels,
+                                                  feature_stride=feature_stride,
                                                   pretrained=pretrained, checkpoint_path=checkpoint_path,
                                                   freeze_bn=freeze_bn, freeze_at=freeze_at)
         channels = features.out_channels[0] if fpn else features.out_channels[-1]
@@ -78,9 +81,9 @@ class RCNN(TwoStageDetector):
                 fc_head_from_classifier(head, timm_classifier_mlp(backbone, pretrained=pretrained,
                                                                   checkpoint_path=checkpoint_path))
         elif box_head == "res5":
-            if fpn:
+            if fpn or feature_stride != 16:
                 raise ValueError("box_head: res5 is the C4 head (RoIs from the single stride-16 map through res5); "
-                                 "set fpn: false, or box_head: fc for FPN")
+                                 "set fpn: false and feature_stride: 16, or box_head: fc")
             trunk, c5 = timm_stage(backbone, from_stride=16, to_stride=32, pretrained=pretrained,
                                    checkpoint_path=checkpoint_path, freeze_bn=freeze_bn)
             head = Res5Head(trunk=trunk, out_features=c5)

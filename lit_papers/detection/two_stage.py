@@ -101,13 +101,14 @@ SINGLE_MAP_STRIDE = 16  # Fast/Faster R-CNN's conv5_3 (VGG-16) or C4 (ResNet): t
 FPN_STRIDES = (4, 8, 16, 32)  # C2..C5 -> P2..P5 (Lin et al. 2017, sec. 3); P6 = subsampled P5, for the RPN only
 
 
-def build_features(*, backbone: str, fpn: bool, fpn_channels: int = 256, pretrained: bool = False,
-                   checkpoint_path: str | None = None, freeze_bn: bool = False,
+def build_features(*, backbone: str, fpn: bool, fpn_channels: int = 256, feature_stride: int = SINGLE_MAP_STRIDE,
+                   pretrained: bool = False, checkpoint_path: str | None = None, freeze_bn: bool = False,
                    freeze_at: int = 0) -> tuple[nn.Module, list[str], list[int]]:
     """Backbone (+ FPN) and the maps the RoI heads pool from, chosen by stride (never by timm index):
-    FPN -> the backbone's stride 4..32 maps into P2..P6, RoIs from P2..P5; no FPN -> the single stride-16 map
-    (VGG-16 conv5_3, ResNet C4). A backbone without such a map is a ValueError naming its strides."""
-    strides = FPN_STRIDES if fpn else (SINGLE_MAP_STRIDE,)
+    FPN -> the backbone's stride 4..32 maps into P2..P6, RoIs from P2..P5; no FPN -> the single map at
+    ``feature_stride`` (16: VGG-16 conv5_3, ResNet C4; 32: ResNet C5, Mask R-CNN Table 2d). A backbone without
+    such a map is a ValueError naming its strides."""
+    strides = FPN_STRIDES if fpn else (feature_stride,)
     body = TimmBackbone(name=backbone, strides=strides, pretrained=pretrained, checkpoint_path=checkpoint_path,
                         freeze_bn=freeze_bn, freeze_at=freeze_at)
     if not fpn:

@@ -18,15 +18,17 @@ from lit_papers.detection.two_stage import build_features
 from tests.conftest import REPO
 
 
-def _detector_backbones() -> list[tuple[str, bool]]:
-    """(backbone, fpn) of every config whose model has a ``backbone`` option (RCNN's defaults filled in)."""
+def _detector_backbones() -> list[tuple[str, bool, int]]:
+    """(backbone, fpn, feature_stride) of every config whose model has a ``backbone`` option (RCNN's defaults
+    filled in)."""
     defaults = {k: p.default for k, p in inspect.signature(RCNN.__init__).parameters.items()}
     found = set()
     for path in sorted((REPO / "configs").glob("*/*.yaml")):
         raw = yaml.safe_load(path.read_text()) or {}
         inner = (((raw.get("model") or {}).get("init_args") or {}).get("model") or {}).get("init_args") or {}
         if "backbone" in inner:
-            found.add((inner["backbone"], bool(inner.get("fpn", defaults["fpn"]))))
+            found.add((inner["backbone"], bool(inner.get("fpn", defaults["fpn"])),
+                       int(inner.get("feature_stride", defaults["feature_stride"]))))
     return sorted(found)
 
 
@@ -34,13 +36,14 @@ BACKBONES = _detector_backbones()
 
 
 def test_the_walk_finds_the_detection_configs():
-    assert ("vgg16", False) in BACKBONES and ("resnet50", True) in BACKBONES and len(BACKBONES) >= 4
+    assert {("vgg16", False, 16), ("resnet50", True, 16), ("resnet50", False, 32)} <= set(BACKBONES)
 
 
-@pytest.mark.parametrize("backbone,fpn", BACKBONES, ids=lambda v: str(v))
-def test_backbone_contract(backbone, fpn):
+@pytest.mark.parametrize("backbone,fpn,stride", BACKBONES, ids=lambda v: str(v))
+def test_backbone_contract(backbone, fpn, stride):
     torch.manual_seed(0)
-    features, roi_names, roi_strides = build_features(backbone=backbone, fpn=fpn, fpn_channels=16)
+    features, roi_names, roi_strides = build_features(backbone=backbone, fpn=fpn, fpn_channels=16,
+                                                      feature_stride=stride)
     features.eval()
     h, w = 192, 128  # multiples of 64 (P6), non-square
     with torch.no_grad():
@@ -50,9 +53,9 @@ def test_backbone_contract(backbone, fpn):
     assert [w // m.shape[-1] for m in maps.values()] == real_strides
     assert real_strides == list(features.strides)
     assert [m.shape[1] for m in maps.values()] == list(features.out_channels)
-    expected = [4, 8, 16, 32, 64] if fpn else [16]
+    expected = [4, 8, 16, 32, 64] if fpn else [stride]
     assert real_strides == expected
-    assert roi_strides == ([4, 8, 16, 32] if fpn else [16]) and set(roi_names) <= set(maps)
+    assert roi_strides == ([4, 8, 16, 32] if fpn else [stride]) and set(roi_names) <= set(maps)
 
 
 def test_maps_are_chosen_by_stride_not_index():

@@ -175,3 +175,33 @@ def test_evaluators_are_injected_and_check_their_dataset():
         COCOMetrics().start(object(), ("bbox",))
     with pytest.raises(ValueError, match="11point"):
         VOCMeanAP(metric="12point")
+
+
+def test_c4_head_is_res5_shared_by_box_and_mask_heads():
+    """Fig. 4 left: 14x14 RoIs from C4 -> res5 (stride 2 in its first block) -> 7x7; the box head averages it,
+    the mask head (deconv -> 14x14) branches from the SAME res5 weights, and both losses train res5."""
+    from lit_papers.detection.box_heads import Res5Head
+
+    torch.manual_seed(0)
+    options = {**SMALL, "anchor_sizes": ((8, 16, 32, 64),)}
+    model = MaskRCNN(**options, fpn=False, box_head="res5", box_pool_size=14, mask_head_convs=0, mask_head_dim=16)
+    box_head, branch = model.roi_heads.box_head, model.roi_heads.mask_branch
+    assert isinstance(box_head, Res5Head) and model.features.strides == [16] and model.features.names == ["c4"]
+    assert branch.head[0] is box_head.trunk  # shared res5
+    pooled = torch.rand(3, 256, 14, 14)  # resnet18 C4 has 256 channels
+    assert box_head.trunk(pooled).shape == (3, 512, 7, 7) and box_head(pooled).shape == (3, 512)
+    assert branch.head(pooled).shape == (3, 4, 14, 14) and branch.mask_size == 14
+    images, targets = batch()
+    losses = model(images, targets)
+    res5 = dict(box_head.trunk.named_parameters())
+    grads = dict(zip(res5, torch.autograd.grad(losses["loss_mask"], list(res5.values()), allow_unused=True)))
+    # the mask loss reaches res5 (timm zero-initialises each block's last BN, so the shortcut carries it first)
+    assert grads["layer4.0.downsample.0.weight"].abs().sum() > 0 and grads["layer4.1.bn2.weight"].abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        det = model(images)[0]
+    assert det["mask_probs"].shape[-2:] == (14, 14) and det["masks"].shape[-2:] == images[0].shape[-2:]
+    with pytest.raises(ValueError, match="mask_head_convs: 0"):
+        MaskRCNN(**options, fpn=False, box_head="res5", box_pool_size=14, mask_head_convs=2)
+    with pytest.raises(ValueError, match="fpn: false"):
+        MaskRCNN(**SMALL, box_head="res5")
