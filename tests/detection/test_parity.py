@@ -184,3 +184,32 @@ def test_rpn_proposals_match_torchvision(torchvision_r50_fpn, training):
         torch.testing.assert_close(a, b)
     for k in l_theirs:
         torch.testing.assert_close(l_ours[k], l_theirs[k])
+
+
+@pytest.mark.slow  # two ResNet-50 detectors: ~5 s on an idle machine, ~45 s on a loaded one
+def test_whole_r50_fpn_inference_equals_torchvision_with_the_same_weights():
+    """Our Mask R-CNN R50-FPN (timm resnet50 + FPN + our RoI heads/pooler/postprocess) with torchvision's
+    ``maskrcnn_resnet50_fpn`` weights copied in (same parameter order and shapes) gives torchvision's detections:
+    boxes, scores, labels and binary masks. ``aligned=False`` is torchvision's RoIAlign; our default (True) is
+    Detectron2's half-pixel fix and gives different numbers by design."""
+    torch.manual_seed(0)
+    theirs = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81, min_size=128,
+                                   max_size=128).eval()
+    from lit_papers.papers.mask_rcnn.model import MaskRCNN
+
+    ours = MaskRCNN(num_classes=80, backbone="resnet50", aligned=False).eval()
+    with torch.no_grad():
+        pairs = list(zip(ours.state_dict().items(), theirs.state_dict().items()))
+        assert len(pairs) == len(theirs.state_dict()) == len(ours.state_dict())
+        for (name, mine), (other, value) in pairs:
+            assert mine.shape == value.shape, (name, other)
+            mine.copy_(value)
+        g = torch.Generator().manual_seed(0)
+        images = [torch.rand(3, 128, 128, generator=g) for _ in range(2)]
+        a, b = ours(images), theirs(images)
+    for x, y in zip(a, b):
+        assert len(x["boxes"]) == len(y["boxes"]) > 0
+        torch.testing.assert_close(x["boxes"], y["boxes"])
+        torch.testing.assert_close(x["scores"], y["scores"])
+        assert torch.equal(x["labels"], y["labels"])
+        assert torch.equal(x["masks"], (y["masks"][:, 0] >= 0.5).to(torch.uint8))
