@@ -55,12 +55,16 @@ Z95 = 1.959963984540054
 
 
 def card_path_for(module: L.LightningModule) -> Path | None:
-    """``card.yaml`` beside the file that defines the LightningModule's class (a paper folder)."""
-    try:
-        path = Path(inspect.getfile(type(module))).parent / "card.yaml"
-    except TypeError:
-        return None
-    return path if path.is_file() else None
+    """``card.yaml`` beside the file that defines the LightningModule's class or, for a shared LightningModule
+    (``detection.module.DetectionLitModule``), beside the injected network's class (a paper folder)."""
+    for cls in (type(module), type(getattr(module, "model", None))):
+        try:
+            path = Path(inspect.getfile(cls)).parent / "card.yaml"
+        except TypeError:
+            continue
+        if path.is_file():
+            return path
+    return None
 
 
 def load_card(path: str | os.PathLike) -> dict:

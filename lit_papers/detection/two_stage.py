@@ -4,8 +4,10 @@ Input: a list of images float (3, H_i, W_i) in [0, 1] (already resized by the da
 normalises with ``pixel_mean``/``pixel_std`` (ImageNet statistics, as for the timm backbones) and pads the batch
 to a multiple of ``size_divisible`` (32 for FPN: P5 must tile the image). Targets as torchvision's: dicts with
 ``boxes`` (N, 4) xyxy float, ``labels`` (N,) int64 in 1..K, ``masks`` (N, H, W) uint8 for Mask R-CNN.
-Output: training -> dict of losses (float32); eval -> one dict per image with ``boxes`` (xyxy in the input
-image's pixels), ``labels``, ``scores`` [+ ``mask_probs`` (N, 1, 28, 28)].
+Output: training -> dict of losses (float32); eval -> one dict per image with ``boxes`` (xyxy, in the pixels of
+``original_sizes`` when given, else of the input image), ``labels``, ``scores`` [+ Mask R-CNN's ``mask_probs``
+(N, 1, M, M) and ``masks`` (N, H0, W0) uint8, pasted by its ``postprocess``]. ``iou_types`` says what the
+outputs can be evaluated as (``("bbox",)`` here; Mask R-CNN adds ``"segm"``).
 
 The RPN is torchvision's ``RegionProposalNetwork`` (Ren et al. 2015, sec. 3.1: 3x3 conv + sibling 1x1
 objectness/box convs, anchors of several scales and aspect ratios, IoU >= 0.7 positive / < 0.3 negative,
@@ -22,6 +24,9 @@ from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+
+from lit_papers.backbones.timm_backbone import TimmBackbone
+from lit_papers.layers.fpn import FPN
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,26 +74,42 @@ class TwoStageDetector(nn.Module):
                              for im in images])  # (B, 3, H, W)
         return batch, sizes
 
-    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+    iou_types: tuple[str, ...] = ("bbox",)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None,
+                original_sizes: list[tuple[int, int]] | None = None):
+        """``original_sizes``: (H0, W0) of each image before the datamodule resized it; eval outputs are mapped
+        there (default: the input sizes, i.e. no rescaling)."""
         batch, sizes = self.batch_images(images)
         features = self.features(batch)
         proposals, rpn_losses = self.rpn(ImageList(batch, sizes), features, targets)
         detections, roi_losses = self.roi_heads(features, proposals, sizes, targets)
         if self.training:
             return {k: v.float() for k, v in {**rpn_losses, **roi_losses}.items()}
+        return self.postprocess(detections, sizes, sizes if original_sizes is None else original_sizes)
+
+    def postprocess(self, detections: list[dict], image_sizes: list[tuple[int, int]],
+                    original_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Boxes from the network's input pixels (H, W) to the original image's (H0, W0): x * W0 / W, y * H0 / H."""
+        for det, (h, w), (h0, w0) in zip(detections, image_sizes, original_sizes):
+            ratio = det["boxes"].new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+            det["boxes"] = det["boxes"] * ratio  # (N, 4) original pixels
         return detections
 
 
-def build_features(*, backbone: str, fpn: bool, fpn_channels: int = 256, out_indices: Sequence[int] | None = None,
+SINGLE_MAP_STRIDE = 16  # Fast/Faster R-CNN's conv5_3 (VGG-16) or C4 (ResNet): the one map of a detector without FPN
+FPN_STRIDES = (4, 8, 16, 32)  # C2..C5 -> P2..P5 (Lin et al. 2017, sec. 3); P6 = subsampled P5, for the RPN only
+
+
+def build_features(*, backbone: str, fpn: bool, fpn_channels: int = 256, feature_stride: int = SINGLE_MAP_STRIDE,
                    pretrained: bool = False, checkpoint_path: str | None = None, freeze_bn: bool = False,
                    freeze_at: int = 0) -> tuple[nn.Module, list[str], list[int]]:
-    """Backbone (+ FPN) and the maps the RoI heads pool from: FPN -> P2..P5 (P6 feeds the RPN only);
-    no FPN ("C4", the Fast/Faster R-CNN setting) -> the single stride-16 map C4 (``out_indices=(3,)``)."""
-    from lit_papers.backbones.timm_backbone import TimmBackbone
-    from lit_papers.layers.fpn import FPN
-
-    indices = tuple(out_indices) if out_indices is not None else ((1, 2, 3, 4) if fpn else (3,))
-    body = TimmBackbone(name=backbone, out_indices=indices, pretrained=pretrained, checkpoint_path=checkpoint_path,
+    """Backbone (+ FPN) and the maps the RoI heads pool from, chosen by stride (never by timm index):
+    FPN -> the backbone's stride 4..32 maps into P2..P6, RoIs from P2..P5; no FPN -> the single map at
+    ``feature_stride`` (16: VGG-16 conv5_3, ResNet C4; 32: ResNet C5, Mask R-CNN Table 2d). A backbone without
+    such a map is a ValueError naming its strides."""
+    strides = FPN_STRIDES if fpn else (feature_stride,)
+    body = TimmBackbone(name=backbone, strides=strides, pretrained=pretrained, checkpoint_path=checkpoint_path,
                         freeze_bn=freeze_bn, freeze_at=freeze_at)
     if not fpn:
         return body, list(body.names), list(body.strides)

@@ -118,12 +118,95 @@ def test_tiny_config_end_to_end(cli, tmp_path):
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)
 
 
-def test_linear_scaling_rule(capsys):
+def test_linear_scaling_rule_callback():
+    """Goyal et al. 2017: lr x B / reference, on the optimizer AND the scheduler's base lrs (a scheduler built
+    before the scaling would undo it at its next step); applied once; a resumed run is not scaled again."""
     from types import SimpleNamespace
 
-    module = DetectionLitModule(model=_NaNModel(), optimizer=lambda p: torch.optim.SGD(p, lr=0.02),
-                                reference_batch_size=16)
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=2), world_size=2, accumulate_grad_batches=1)
-    optimizer = module.optimizer_factory(module.parameters())
-    module._apply_linear_scaling(optimizer)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 4 / 16)
+    from lit_papers.callbacks.lr_scaling import LinearScalingRule
+    from lit_papers.schedules import WarmupMultiStepLR
+
+    w = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([w], lr=0.02)
+    scheduler = WarmupMultiStepLR(optimizer, milestones=[3], warmup_steps=2, warmup_factor=0.1, warmup="linear")
+    trainer = SimpleNamespace(world_size=2, accumulate_grad_batches=1, optimizers=[optimizer],
+                              lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    rule = LinearScalingRule(reference_batch_size=16)
+    images, targets = batch()  # 2 images per device x 2 devices = 4 of 16
+    rule.on_train_batch_start(trainer, None, (images, targets), 0)
+    assert rule.factor == pytest.approx(0.25)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 0.1 * 0.25)  # warm-up start, scaled
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 0.25 * 0.1)  # after the milestone, still scaled
+    rule.on_train_batch_start(trainer, None, (images, targets), 1)  # not applied twice
+    assert scheduler.base_lrs == [pytest.approx(0.005)]
+    resumed = LinearScalingRule(reference_batch_size=16)
+    resumed.load_state_dict(rule.state_dict())
+    resumed.on_train_batch_start(trainer, None, (images, targets), 0)
+    assert scheduler.base_lrs == [pytest.approx(0.005)]
+
+
+def test_model_postprocess_maps_to_the_original_image():
+    """The model owns its postprocess: boxes scaled to ``original_sizes``, masks pasted there and binarised."""
+    torch.manual_seed(0)
+    model = MaskRCNN(**{**SMALL, "rpn_post_nms_top_n_test": 20}, mask_head_convs=1, mask_head_dim=8, score_thresh=0.0).eval()
+    assert model.iou_types == ("bbox", "segm") and RCNN.iou_types == ("bbox",)
+    images, _ = batch()
+    with torch.no_grad():
+        at_input = model(images)
+        original = model(images, original_sizes=[(128, 96), (32, 28)])  # image 0 x (2, 1.5); image 1 x 0.5
+    assert len(at_input[0]["boxes"]) > 0
+    torch.testing.assert_close(original[0]["boxes"], at_input[0]["boxes"] * torch.tensor([1.5, 2.0, 1.5, 2.0]))
+    torch.testing.assert_close(original[1]["boxes"], at_input[1]["boxes"] * 0.5)
+    for det, (h0, w0) in zip(original, [(128, 96), (32, 28)]):
+        masks = det["masks"]
+        assert masks.dtype == torch.uint8 and masks.shape == (len(det["boxes"]), h0, w0)
+        for m, (x0, y0, x1, y1) in zip(masks, det["boxes"].tolist()):  # nothing outside the box (+1 px padding)
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            if len(ys):
+                assert xs.min() >= int(x0) - 2 and xs.max() <= x1 + 2 and ys.min() >= int(y0) - 2 and ys.max() <= y1 + 2
+
+
+def test_evaluators_are_injected_and_check_their_dataset():
+    from lit_papers.detection.evaluators import COCOMetrics, VOCMeanAP
+
+    module = DetectionLitModule(model=_NaNModel(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    assert [type(e) for e in module.evaluators] == [COCOMetrics]
+    with pytest.raises(TypeError, match="VOCMeanAP needs a VOC eval dataset"):
+        VOCMeanAP().start(object(), ("bbox",))
+    with pytest.raises(TypeError, match="COCOMetrics needs .*coco"):
+        COCOMetrics().start(object(), ("bbox",))
+    with pytest.raises(ValueError, match="11point"):
+        VOCMeanAP(metric="12point")
+
+
+def test_c4_head_is_res5_shared_by_box_and_mask_heads():
+    """Fig. 4 left: 14x14 RoIs from C4 -> res5 (stride 2 in its first block) -> 7x7; the box head averages it,
+    the mask head (deconv -> 14x14) branches from the SAME res5 weights, and both losses train res5."""
+    from lit_papers.detection.box_heads import Res5Head
+
+    torch.manual_seed(0)
+    options = {**SMALL, "anchor_sizes": ((8, 16, 32, 64),)}
+    model = MaskRCNN(**options, fpn=False, box_head="res5", box_pool_size=14, mask_head_convs=0, mask_head_dim=16)
+    box_head, branch = model.roi_heads.box_head, model.roi_heads.mask_branch
+    assert isinstance(box_head, Res5Head) and model.features.strides == [16] and model.features.names == ["c4"]
+    assert branch.head[0] is box_head.trunk  # shared res5
+    pooled = torch.rand(3, 256, 14, 14)  # resnet18 C4 has 256 channels
+    assert box_head.trunk(pooled).shape == (3, 512, 7, 7) and box_head(pooled).shape == (3, 512)
+    assert branch.head(pooled).shape == (3, 4, 14, 14) and branch.mask_size == 14
+    images, targets = batch()
+    losses = model(images, targets)
+    res5 = dict(box_head.trunk.named_parameters())
+    grads = dict(zip(res5, torch.autograd.grad(losses["loss_mask"], list(res5.values()), allow_unused=True)))
+    # the mask loss reaches res5 (timm zero-initialises each block's last BN, so the shortcut carries it first)
+    assert grads["layer4.0.downsample.0.weight"].abs().sum() > 0 and grads["layer4.1.bn2.weight"].abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        det = model(images)[0]
+    assert det["mask_probs"].shape[-2:] == (14, 14) and det["masks"].shape[-2:] == images[0].shape[-2:]
+    with pytest.raises(ValueError, match="mask_head_convs: 0"):
+        MaskRCNN(**options, fpn=False, box_head="res5", box_pool_size=14, mask_head_convs=2)
+    with pytest.raises(ValueError, match="fpn: false"):
+        MaskRCNN(**SMALL, box_head="res5")

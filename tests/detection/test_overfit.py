@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lit_papers.data.coco import COCODataModule
+from lit_papers.detection.module import DetectionLitModule
 from lit_papers.papers.mask_rcnn.model import MaskRCNN
-from lit_papers.papers.mask_rcnn.module import MaskRCNNLitModule
 from lit_papers.schedules import WarmupMultiStepLR
 
 
@@ -20,7 +20,7 @@ def test_overfit_four_coco_images(tmp_path):
                         eval_batch_size=4, num_workers=0)
     model = MaskRCNN(num_classes=80, backbone="resnet18", fpn_channels=128, box_head_dim=512,
                      rpn_post_nms_top_n_train=500, roi_batch_size_per_image=128, mask_head_dim=128)
-    module = MaskRCNNLitModule(
+    module = DetectionLitModule(
         model=model, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-4, weight_decay=0.0),
         scheduler=lambda o: WarmupMultiStepLR(o, milestones=[500], warmup_steps=20, warmup_factor=0.01,
                                               warmup="linear"))
@@ -30,4 +30,4 @@ def test_overfit_four_coco_images(tmp_path):
     dm.setup("fit")
     assert dm.datasets["train"].ids == dm.datasets["val"].ids  # the same 4 images
     trainer.fit(module, datamodule=dm)
-    assert module.last_metrics["bbox"]["AP"] >= 0.9
+    assert module.last_metrics["bbox_AP"] >= 0.9

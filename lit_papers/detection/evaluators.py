@@ -1,0 +1,135 @@
+"""Detection evaluators, injected into :class:`~lit_papers.detection.module.DetectionLitModule` through the
+config (``model.init_args.evaluators``), so that which metrics a run reports is a recipe choice, not a guess made
+from the dataset's attributes.
+
+Protocol (one object per metric family, reused across epochs):
+
+* ``start(dataset, iou_types)``: at the start of a validation/test epoch; ``dataset`` is
+  ``trainer.datamodule.eval_dataset(stage)`` and ``iou_types`` what the model produces (``model.iou_types``:
+  ``("bbox",)`` or ``("bbox", "segm")``).
+* ``update(image_id, detection)``: one image's post-processed detection (the model's output: ``boxes`` (N, 4)
+  xyxy in original-image pixels, ``scores``, ``labels`` 1..K, optional ``masks`` (N, H0, W0) uint8).
+* ``finish() -> {name: value}``: after the epoch, results gathered from all ranks; names are logged as
+  ``<stage>/<name>``.
+* ``summary()`` (text for the log) and ``write(folder)`` (official results file at test) are optional.
+
+:class:`COCOMetrics`: pycocotools box / mask AP (``bbox_AP``, ``bbox_AP50``, ... ``segm_AP``...).
+:class:`VOCMeanAP`: PASCAL VOC mAP at IoU 0.5, ``metric="11point"`` (VOC2007, ``voc07_mAP``) or ``"area"``
+(VOC2010+, ``voc_mAP``), with the dataset's ``difficult`` flags (:mod:`lit_papers.metrics.voc_eval`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lit_papers.metrics.coco_eval import STAT_NAMES, COCOEvaluator, summary_table, write_results
+from lit_papers.metrics.voc_eval import voc_map
+
+
+class DetectionEvaluator:
+    """Base of the evaluators (see the module docstring for the protocol)."""
+
+    def start(self, dataset, iou_types: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def update(self, image_id: int, detection: dict) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def summary(self) -> str | None:
+        return None
+
+    def write(self, folder: Path) -> Path | None:
+        return None
+
+
+def _gather_dict(local: dict) -> dict:
+    """Merge a dict keyed by image id from every rank (no-op without torch.distributed); duplicate images from
+    padded samplers collapse."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return local
+    parts: list[dict | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, local)
+    merged: dict = {}
+    for part in parts:
+        merged.update(part or {})
+    return merged
+
+
+class COCOMetrics(DetectionEvaluator):
+    """COCO AP with pycocotools on the dataset's ``.coco`` ground truth (``.cat_ids`` maps labels 1..K to
+    category ids). ``write_results_json``: at test, the official results JSON ``coco_results_test.json``."""
+
+    def __init__(self, *, write_results_json: bool = True) -> None:
+        self.write_results_json = write_results_json
+        self.evaluator: COCOEvaluator | None = None
+        self.stats: dict[str, dict[str, float]] = {}
+
+    def start(self, dataset, iou_types: Sequence[str]) -> None:
+        for attr in ("coco", "cat_ids"):
+            if not hasattr(dataset, attr):
+                raise TypeError(f"COCOMetrics needs an eval dataset with .{attr} (COCO-format ground truth); "
+                                f"{type(dataset).__name__} has none")
+        self.evaluator = COCOEvaluator(dataset.coco, dataset.cat_ids, tuple(iou_types))
+
+    def update(self, image_id: int, detection: dict) -> None:
+        self.evaluator.update(image_id, detection["boxes"], detection["scores"], detection["labels"],
+                              detection.get("masks") if "segm" in self.evaluator.iou_types else None)
+
+    def finish(self) -> dict[str, float]:
+        self.evaluator.gather()
+        self.stats = self.evaluator.compute()
+        return {f"{kind}_{name}": values[name] for kind, values in self.stats.items() for name in STAT_NAMES}
+
+    @property
+    def num_images(self) -> int:
+        return len(self.evaluator.results)
+
+    def summary(self) -> str:
+        return f"COCO AP on {self.num_images} images:\n" + summary_table(self.stats)
+
+    def write(self, folder: Path) -> Path | None:
+        if not self.write_results_json:
+            return None
+        return write_results(self.evaluator.records, Path(folder) / "coco_results_test.json")
+
+
+class VOCMeanAP(DetectionEvaluator):
+    """PASCAL VOC mAP at IoU >= 0.5 over the dataset's ``voc_ground_truth()`` (difficult objects ignored).
+    ``metric``: "11point" (VOC2007 devkit) or "area" (VOC2010+); ``name``: the logged key."""
+
+    def __init__(self, *, metric: str = "11point", name: str = "voc07_mAP") -> None:
+        if metric not in ("11point", "area"):
+            raise ValueError(f"VOCMeanAP metric must be '11point' or 'area', got {metric!r}")
+        self.metric, self.name = metric, name
+        self.results: dict[int, list[tuple[int, float, list[float]]]] = {}
+        self.ground_truth = None
+        self.cat_ids: list[int] = []
+
+    def start(self, dataset, iou_types: Sequence[str]) -> None:
+        if not callable(getattr(dataset, "voc_ground_truth", None)):
+            raise TypeError(f"VOCMeanAP needs a VOC eval dataset (voc_ground_truth()); {type(dataset).__name__} has "
+                            "none: remove VOCMeanAP from model.init_args.evaluators for this data")
+        self.ground_truth = dataset.voc_ground_truth()
+        self.cat_ids = list(dataset.cat_ids)
+        self.results = {}
+
+    def update(self, image_id: int, detection: dict) -> None:
+        boxes = detection["boxes"].detach().double().cpu().tolist()
+        scores = detection["scores"].detach().cpu().tolist()
+        labels = detection["labels"].detach().cpu().tolist()
+        self.results[int(image_id)] = [(self.cat_ids[int(lab) - 1], float(s), b)
+                                       for b, s, lab in zip(boxes, scores, labels)]
+
+    def finish(self) -> dict[str, float]:
+        self.results = _gather_dict(self.results)
+        detections: dict = {}
+        for image_id in sorted(self.results):
+            for cat, score, box in self.results[image_id]:
+                detections.setdefault(cat, []).append((image_id, score, box))
+        return {self.name: voc_map(detections, self.ground_truth, metric=self.metric, inclusive=False)["mAP"]}
