@@ -116,7 +116,7 @@ def test_last_finite_checkpoint_skips_a_checkpoint_with_nonfinite_weights(tmp_pa
 
 def test_card_writes_no_result_for_a_run_stopped_on_nonfinite(tmp_path):
     card = tmp_path / "card.yaml"
-    card.write_text("paper: P\nresults:\n  - {variant: '*', metric: test/acc, value: 0.9, source: T1}\n")
+    card.write_text("paper: P\nresults:\n  - {variant: '*', metric: test/acc, kind: target, value: 0.9, source: T1}\n")
     trainer = types.SimpleNamespace(is_global_zero=True, callback_metrics={"test/acc": torch.tensor(0.5)},
                                     world_size=1, precision="32-true", global_step=3, loggers=[],
                                     default_root_dir=str(tmp_path))
