@@ -26,7 +26,8 @@ def _detector_backbones() -> list[tuple[str, bool, int]]:
     for path in sorted((REPO / "configs").glob("*/*.yaml")):
         raw = yaml.safe_load(path.read_text()) or {}
         inner = (((raw.get("model") or {}).get("init_args") or {}).get("model") or {}).get("init_args") or {}
-        if "backbone" in inner:
+        if isinstance(inner.get("backbone"), str):  # detector configs name a timm model; FCN injects a module
+            # (its TimmBackbone taps are checked against VGG-16's layers in tests/papers/test_fcn.py)
             found.add((inner["backbone"], bool(inner.get("fpn", defaults["fpn"])),
                        int(inner.get("feature_stride", defaults["feature_stride"]))))
     return sorted(found)
