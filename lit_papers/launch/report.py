@@ -96,14 +96,18 @@ def collect(papers_dir: Path = PAPERS_DIR) -> list[dict]:
         card = load_card(card_path)
         results = _load_results(card_path.parent / "results", repo)
         paper_rows = []
-        seen = set()
         for row in card.get("results", []):
-            matches = [r for r in results if r.get("variant") == row["variant"] and r.get("metric") == row["metric"]]
+            # One measurement per run: a result file repeats a (variant, metric) once per card row that names it
+            # (e.g. one arm in several ablation groups); each card row gets each distinct measurement once.
+            matches, measured = [], set()
+            for r in results:
+                if r.get("variant") == row["variant"] and r.get("metric") == row["metric"]:
+                    key = (r.get("ours"), (r.get("evidence") or {}).get("run_dir"), r.get("result_file"))
+                    if key not in measured:
+                        measured.add(key)
+                        matches.append(r)
             for match in matches or [None]:
-                key = (row["variant"], row["metric"], None if match is None else id(match))
-                if key not in seen:
-                    seen.add(key)
-                    paper_rows.append(_row(paper_key, card, row, match))
+                paper_rows.append(_row(paper_key, card, row, match))
         _ablations(paper_rows)
         if paper_rows and not any(r["headline"] for r in paper_rows):  # default: the first paper row, else the first
             first = next((r for r in paper_rows if r["card_kind"] == "paper"), paper_rows[0])

@@ -150,3 +150,25 @@ def test_ablation_arms_are_judged_together(tmp_path):
     (papers / "abl" / "results" / "shallow.json").write_text(json.dumps(
         [{"variant": "shallow", "metric": "test/error", "ours": 7.3, "ci95": 0.3, "evidence": _evidence()}]))
     assert {r["variant"]: r["status"] for r in report.collect(papers)}["deep"] == "fail"  # overlapping intervals
+
+
+def test_an_arm_in_two_ablation_groups_is_one_measurement_in_each(tmp_path):
+    # Mask R-CNN's shapes_c4_align is the RoIAlign arm of Table 2c and the sigmoid arm of Table 2b; its result file
+    # repeats the measurement once per card row. Each group must get the arm once, with that group's label.
+    papers = tmp_path / "lit_papers" / "papers"
+    (papers / "abl" / "results").mkdir(parents=True)
+    arm = {"metric": "test/ap", "kind": "ablation", "source": "T2"}
+    (papers / "abl" / "card.yaml").write_text(yaml.safe_dump({"results": [
+        {**arm, "variant": "pool", "group": "layer", "value": 26.9},
+        {**arm, "variant": "align", "group": "layer", "value": 30.3},
+        {**arm, "variant": "softmax", "group": "loss", "value": 24.8},
+        {**arm, "variant": "align", "group": "loss", "value": 30.3}]}))
+    record = {"variant": "align", "metric": "test/ap", "ours": 31.0, "ci95": 0.2, "evidence": _evidence()}
+    (papers / "abl" / "results" / "align.json").write_text(json.dumps([record, record]))
+    for name, ours in [("pool", 27.0), ("softmax", 25.0)]:
+        (papers / "abl" / "results" / f"{name}.json").write_text(json.dumps(
+            [{"variant": name, "metric": "test/ap", "ours": ours, "ci95": 0.2, "evidence": _evidence()}]))
+    rows = report.collect(papers)
+    assert [(r["variant"], r["group"]) for r in rows] == [("pool", "layer"), ("align", "layer"),
+                                                          ("softmax", "loss"), ("align", "loss")]
+    assert all(r["status"] == "pass" for r in rows)
