@@ -176,3 +176,22 @@ def test_spp_over_boxes_gradient_reaches_features():
     out.sum().backward()
     assert feats.grad[:, :, 6:, :].abs().sum() == 0 and feats.grad[:, :, :, 6:].abs().sum() == 0
     assert feats.grad[:, :, :6, :6].abs().sum() > 0
+
+
+def test_spp_classifier_accepts_any_input_size():
+    # The paper's classification use (sec. 2.3-2.4): conv layers -> SPP -> FC, one set of weights for any image
+    # size. A small net built here (not lit_papers/papers/spp_net, which would need a card, configs and a sweep).
+    torch.manual_seed(0)
+    spp = SpatialPyramidPooling(levels=(1, 2, 4))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+        spp, torch.nn.Linear(spp.output_dim(16), 10),
+    )
+    assert spp.output_dim(16) == 16 * 21
+    small, large = net(torch.randn(2, 3, 32, 32)), net(torch.randn(2, 3, 45, 71))
+    assert small.shape == large.shape == (2, 10)
+    (small.sum() + large.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with pytest.raises(ValueError, match="at least 4 cells"):
+        net(torch.randn(1, 3, 6, 6))  # 3x3 conv map < level 4
