@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 _default = REPO.parent / "shared" / "data"
 if not os.environ.get("LIT_PAPERS_DATA") and _default.is_dir():
     os.environ["LIT_PAPERS_DATA"] = str(_default)
+if os.environ.get("LIT_PAPERS_DATA"):  # CI passes ../shared/data: absolute, so symlinks and subprocesses in other
+    os.environ["LIT_PAPERS_DATA"] = str(Path(os.environ["LIT_PAPERS_DATA"]).resolve())  # folders see the same root
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download (timm weights): fail fast instead of retrying
