@@ -52,7 +52,7 @@ from lit_papers.data.base import ShardedDataModule
 from lit_papers.data.download import DatasetError, DatasetMissingError, Remote, ensure_archive, extract
 from lit_papers.data.grouping import GroupedBatchSampler
 from lit_papers.data.images import ImageRef, VerifyMode, bad_images_error, read_image, verify_images
-from lit_papers.data.root import data_root, family_dir, generated_dir
+from lit_papers.data.root import data_root, family_dir, generated_dir, generated_source
 from lit_papers.data.samplers import ShardSampler
 
 log = logging.getLogger(__name__)
@@ -399,9 +399,7 @@ class ShapesDataModule(COCODataModule):
         self.folder = generated_dir("coco", root) / subdir
 
     def source(self) -> str:
-        hp = self.hparams
-        where = f"data.init_args.root = {hp.root!r}" if hp.root is not None else "generated under $LIT_PAPERS_CACHE"
-        return f"{where}, data.init_args.subdir = {hp.subdir!r}"
+        return generated_source(self.hparams.root, self.hparams.subdir)
 
     def prepare_data(self) -> None:
         from lit_papers.data.shapes import write_shapes

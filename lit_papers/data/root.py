@@ -55,6 +55,12 @@ def generated_dir(family: str, root: str | os.PathLike | None = None) -> Path:
     return cache_root() / "generated" / family
 
 
+def generated_source(root: str | os.PathLike | None, subdir: str) -> str:
+    """The config keys that chose a generated set's folder, for the setup line and missing-data errors."""
+    where = f"data.init_args.root = {root!r}" if root is not None else "generated under $LIT_PAPERS_CACHE"
+    return f"{where}, data.init_args.subdir = {subdir!r}"
+
+
 def family_dir(family: str, root: str | os.PathLike | None = None) -> Path:
     """The folder of one dataset family; ``root`` overrides the environment (a datamodule's ``root=``)."""
     if family not in FAMILIES:

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from lit_papers.data.root import generated_dir
+from lit_papers.data.root import generated_dir, generated_source
 from lit_papers.data.shapes import CATEGORIES, _rasterize, render_scene, to_uint8, write_atomically
 from lit_papers.data.voc import IGNORE_INDEX, VOCDataModule, voc_colormap
 
@@ -184,9 +184,7 @@ class VOCShapesDataModule(VOCDataModule):
         self.devkit = self.folder / "VOCdevkit"
 
     def source(self) -> str:
-        hp = self.hparams
-        where = f"data.init_args.root = {hp.root!r}" if hp.root is not None else "generated under $LIT_PAPERS_CACHE"
-        return f"{where}, data.init_args.subdir = {hp.subdir!r}"
+        return generated_source(self.hparams.root, self.hparams.subdir)
 
     def prepare_data(self) -> None:
         hp = self.hparams
