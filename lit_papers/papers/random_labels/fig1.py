@@ -16,7 +16,7 @@ one run, its seed ``seed_everything`` of its ``config.yaml``. Per variant, over 
   corruption p and the mean test error (Figure 1c: the error grows steadily with p).
 
 Values are in the card's units (its ``scale``). All runs must come from one commit, or from clean commits that agree
-on every file that decides the numbers (:data:`NUMBER_PATHS`), else an error naming them.
+on every file that decides the numbers (:data:`NUMBER_PATHS` and the series' configs), else an error naming them.
 Pictures: ``fig1a_loss.png`` (training loss vs step, seed 0: true labels and every corruption),
 ``fig1b_time_to_fit.png`` (steps to fit vs p), ``fig1c_test_error.png`` (test error vs p, chance at 90%).
 No Lightning here: reading CSV/JSON files and arithmetic only (tests in ``tests/papers/test_random_labels.py``).
@@ -124,28 +124,28 @@ def collect_runs(root: Path, prefix: str) -> dict[str, list[dict]]:
     if not runs:
         raise SystemExit(f"{base}: no runs of {prefix}_<{'|'.join(SERIES)}>/<version>/csv/metrics.csv found")
     commits = sorted({str(r["evidence"].get("git_commit")) for rs in runs.values() for r in rs})
-    if len(commits) > 1 and not same_numbers(commits):
+    paths = (*NUMBER_PATHS, f"configs/random_labels/{prefix}_*.yaml")
+    if len(commits) > 1 and not same_numbers(commits, paths):
         listing = "; ".join(f"{r['folder']}: {r['evidence'].get('git_commit')}" for rs in runs.values() for r in rs)
         raise SystemExit(f"runs of different commits ({listing}) whose code or configs differ in "
-                         f"{', '.join(NUMBER_PATHS)} (or are not commits of this repository): re-run them from one "
+                         f"{', '.join(paths)} (or are not commits of this repository): re-run them from one "
                          "clean commit")
     return runs
 
 
-# what decides a run's numbers: runs of commits that agree on these files are one experiment
+# what decides a run's numbers (with the series' configs): runs of commits that agree on them are one experiment
 NUMBER_PATHS = ("lit_papers/data/cifar.py", "lit_papers/data/base.py", "lit_papers/data/samplers.py",
-                "lit_papers/papers/random_labels/model.py", "lit_papers/papers/random_labels/module.py",
-                "configs/random_labels")
+                "lit_papers/papers/random_labels/model.py", "lit_papers/papers/random_labels/module.py")
 
 
-def same_numbers(commits: list[str]) -> bool:
-    """Whether clean commits ``commits`` agree on every file of :data:`NUMBER_PATHS` (``git diff``); a dirty or
-    unknown commit never does."""
+def same_numbers(commits: list[str], paths: tuple[str, ...] = NUMBER_PATHS) -> bool:
+    """Whether clean commits ``commits`` agree on every file of ``paths`` (git pathspecs; ``git diff``); a dirty
+    or unknown commit never does."""
     if any(c.endswith("-dirty") or c in ("None", "") for c in commits):
         return False
     for other in commits[1:]:
         done = subprocess.run(["git", "-C", str(PAPER_DIR.parents[2]), "diff", "--quiet", commits[0], other, "--",
-                               *NUMBER_PATHS],
+                               *paths],
                               capture_output=True)
         if done.returncode != 0:
             return False
