@@ -113,7 +113,7 @@ def read_run(folder: Path) -> dict:
     return out
 
 
-def collect_runs(root: Path, prefix: str) -> dict[str, list[dict]]:
+def collect_runs(root: Path, prefix: str, accept_unverified: bool = False) -> dict[str, list[dict]]:
     base = root / "random_labels" if (root / "random_labels").is_dir() else root
     runs: dict[str, list[dict]] = {}
     for name in SERIES:
@@ -125,11 +125,11 @@ def collect_runs(root: Path, prefix: str) -> dict[str, list[dict]]:
         raise SystemExit(f"{base}: no runs of {prefix}_<{'|'.join(SERIES)}>/<version>/csv/metrics.csv found")
     commits = sorted({str(r["evidence"].get("git_commit")) for rs in runs.values() for r in rs})
     paths = (*NUMBER_PATHS, f"configs/random_labels/{prefix}_*.yaml")
-    if len(commits) > 1 and not same_numbers(commits, paths):
+    if len(commits) > 1 and not same_numbers(commits, paths) and not accept_unverified:
         listing = "; ".join(f"{r['folder']}: {r['evidence'].get('git_commit')}" for rs in runs.values() for r in rs)
         raise SystemExit(f"runs of different commits ({listing}) whose code or configs differ in "
-                         f"{', '.join(paths)} (or are not commits of this repository): re-run them from one "
-                         "clean commit")
+                         f"{', '.join(paths)} (or are not commits of this repository, or a dirty tree): re-run them "
+                         "from one clean commit (--accept-unverified keeps them, flagged as a dirty tree)")
     return runs
 
 
@@ -160,10 +160,16 @@ def _card_scales(card_path: Path) -> dict[tuple[str, str], float]:
 
 
 def _evidence(variant: str, runs: list[dict]) -> dict:
-    first = runs[0]["evidence"]
+    known = [r["evidence"] for r in runs if r["evidence"]]
+    first = known[0] if known else {}
+    commits = {r["folder"]: r["evidence"].get("git_commit") for r in runs}
+    clean = sorted({c for c in commits.values() if c and not c.endswith("-dirty")})
+    base = clean[0] if clean else next((c for c in commits.values() if c), None)
+    if base and (len(set(commits.values())) > 1 or base.endswith("-dirty")):  # unknown, dirty or mixed: flag it
+        base = base.removesuffix("-dirty") + "-dirty"
     return {
         "config": [f"configs/random_labels/{variant}.yaml"], "seed": ", ".join(str(r["seed"]) for r in runs),
-        "git_commit": first.get("git_commit"), "hardware": first.get("hardware"), "versions": first.get("versions"),
+        "git_commit": base, "git_commits": commits, "hardware": first.get("hardware"), "versions": first.get("versions"),
         "wall_time_s": round(sum(float(r["evidence"].get("wall_time_s") or 0.0) for r in runs), 1),
         "train_items": first.get("train_items"), "train_items_unit": first.get("train_items_unit"),
         "run_dir": [r["folder"] for r in runs], "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -257,8 +263,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=PAPER_DIR / "results", help="where fig1.json and the PNGs go")
     parser.add_argument("--prefix", default="mlp_subset", help="the series' config prefix")
     parser.add_argument("--card", type=Path, default=PAPER_DIR / "card.yaml", help="card whose scales apply")
+    parser.add_argument("--accept-unverified", action="store_true",
+                        help="keep runs of other commits, a dirty tree or no recorded commit (flagged as dirty)")
     args = parser.parse_args(argv)
-    runs = collect_runs(args.root, args.prefix)
+    runs = collect_runs(args.root, args.prefix, args.accept_unverified)
     rows = rows_from_runs(runs, args.prefix, _card_scales(args.card))
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "fig1.json"
