@@ -168,11 +168,14 @@ def _evidence(variant: str, runs: list[dict]) -> dict:
     if base and (len(set(commits.values())) > 1 or base.endswith("-dirty")):  # unknown, dirty or mixed: flag it
         base = base.removesuffix("-dirty") + "-dirty"
     return {
-        "config": [f"configs/random_labels/{variant}.yaml"], "seed": ", ".join(str(r["seed"]) for r in runs),
+        "config": [f"configs/random_labels/{variant}.yaml"],
+        "seed": ", ".join(sorted({str(r["seed"]) for r in runs})), "runs": len(runs),
+        "global_step": ", ".join(str(int(r["values"]["fit/steps"])) if r["values"].get("fit/steps") is not None
+                                 else "?" for r in runs),  # each run's steps (to the fit)
         "git_commit": base, "git_commits": commits, "hardware": first.get("hardware"), "versions": first.get("versions"),
         "wall_time_s": round(sum(float(r["evidence"].get("wall_time_s") or 0.0) for r in runs), 1),
         "train_items": first.get("train_items"), "train_items_unit": first.get("train_items_unit"),
-        "run_dir": [r["folder"] for r in runs], "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "run_dir": "; ".join(r["folder"] for r in runs), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
 
