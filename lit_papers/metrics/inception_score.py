@@ -89,7 +89,8 @@ def load_classifier_checkpoint(classifier: nn.Module, checkpoint: str | os.PathL
     except RuntimeError as exc:
         raise ValueError(f"{path}: its weights under {prefix!r} do not fit {type(classifier).__name__} ({exc}); "
                          f"configure the classifier the checkpoint was trained as") from exc
-    stats = next((v["normalization"] for v in ckpt.values() if isinstance(v, dict) and "normalization" in v), None)
+    stats = next((v["normalization"] for v in ckpt.values() if isinstance(v, dict)
+                  and isinstance(v.get("normalization"), dict) and "mean" in v["normalization"]), None)
     wrapped = NormalizedClassifier(classifier, *(None, None) if stats is None else (stats["mean"], stats["std"]))
     wrapped.eval()
     for p in wrapped.parameters():

@@ -74,6 +74,7 @@ def test_classifier_score_normalisation_and_checkpoint(tmp_path):
     # a checkpoint saved as Lightning does, with the datamodule's normalisation: the wrapper undoes it
     mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
     torch.save({"state_dict": {"model.w": torch.tensor(2.5)},
+                "datamodule_hyper_parameters": {"normalization": "channel"},  # a name, not the statistics
                 "CIFARDataModule": {"normalization": {"mean": mean, "std": std}}}, tmp_path / "c.ckpt")
     wrapped = load_classifier_checkpoint(Scale(), tmp_path / "c.ckpt")
     assert isinstance(wrapped, NormalizedClassifier) and not wrapped.training

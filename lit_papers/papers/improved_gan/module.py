@@ -38,7 +38,11 @@ from torch import nn
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_papers.metrics.inception_score import load_classifier_checkpoint, score_from_logits
+from lit_papers.metrics.inception_score import (
+    NormalizedClassifier,
+    load_classifier_checkpoint,
+    score_from_logits,
+)
 from lit_papers.papers.improved_gan.model import (
     HistoricalAverage,
     feature_matching_loss,
@@ -91,8 +95,12 @@ class ImprovedGANLitModule(L.LightningModule):
         self.real_target, self.historical_averaging = real_target, historical_averaging
         self.labelled_batch_size, self.labelled_seed = labelled_batch_size, labelled_seed
         self.lr_decay_start = lr_decay_start
-        self.classifier = (load_classifier_checkpoint(classifier, classifier_checkpoint)
-                           if classifier is not None else None)
+        # the classifier's weights and normalisation are read from its checkpoint in setup() (a config builds
+        # without the file); it stays frozen
+        if classifier is not None:
+            classifier.requires_grad_(False)
+        self.classifier = NormalizedClassifier(classifier) if classifier is not None else None
+        self.classifier_checkpoint = classifier_checkpoint
         self.score_samples, self.score_splits, self.sample_seed = score_samples, score_splits, sample_seed
         self.history_d = HistoricalAverage(discriminator.parameters()) if historical_averaging > 0 else None
         self.history_g = (HistoricalAverage(generator.parameters())
@@ -124,6 +132,13 @@ class ImprovedGANLitModule(L.LightningModule):
         """Datamodule-normalised images -> [-1, 1] (the released code's (x - 127.5) / 128, up to 1/255)."""
         mean, std = self._data_stats()
         return 2.0 * (images * std + mean) - 1.0
+
+    def setup(self, stage: str) -> None:
+        if self.classifier is not None:
+            loaded = load_classifier_checkpoint(self.classifier.classifier, self.classifier_checkpoint)
+            self.classifier.mean, self.classifier.std = loaded.mean, loaded.std
+            self.print(f"[improved_gan] classifier for the score: {type(self.classifier.classifier).__name__} from "
+                       f"{self.classifier_checkpoint} (scores NOT comparable with the paper's Inception score)")
 
     def on_fit_start(self) -> None:
         self._stats = None
