@@ -157,3 +157,94 @@ def test_discriminator_shapes_and_minibatch_features():
     assert not torch.allclose(d(x[:1]), d(x)[:1], atol=1e-6)
     plain = Discriminator(num_classes=10, widths=(8, 16)).eval()
     assert torch.allclose(plain(x[:1]), plain(x)[:1], atol=1e-5)
+
+
+# -- the LightningModule on the real 500-per-batch CIFAR sample (../shared/data) --------------------------------
+
+def _datamodule(**kw):
+    from lit_papers.data.cifar import CIFARDataModule
+
+    args = dict(labelled_per_class=3, val_size=500, normalization="none", augment=False, batch_size=8,
+                eval_batch_size=100, num_workers=0)
+    dm = CIFARDataModule(**{**args, **kw})
+    dm.setup("fit")
+    return dm
+
+
+def _module(generator: bool = True, **kw):
+    from lit_papers.papers.improved_gan.module import ImprovedGANLitModule
+
+    torch.manual_seed(0)
+    return ImprovedGANLitModule(
+        discriminator=Discriminator(widths=(4, 8)), generator=Generator(latent_dim=4, base_channels=8) if generator
+        else None, optimizer_d=torch.optim.Adam, optimizer_g=torch.optim.Adam if generator else None, **kw)
+
+
+class _Trainer:  # what labelled_batch / to_model_range read from the trainer
+    def __init__(self, dm):
+        self.datamodule, self.is_global_zero, self.progress_bar_callback = dm, True, None
+
+
+def test_labelled_batches_cycle_through_the_labelled_examples_only():
+    dm = _datamodule()
+    module = _module(labelled_batch_size=7)
+    module.trainer = _Trainer(dm)
+    module.on_fit_start()
+    labels = dm.train_set.labels
+    assert len(module._pool) == 30 and bool((labels[module._pool] >= 0).all()) and int((labels >= 0).sum()) == 30
+    pool_images = torch.stack([dm.train_set[int(i)][0] for i in module._pool]).flatten(1)  # (30, 3072)
+    drawn, drawn_labels = [], []
+    for _ in range(5):  # 35 draws: a full permutation of the 30 labelled examples, then 5 of the next
+        images, y = module.labelled_batch()
+        assert images.shape == (7, 3, 32, 32)
+        drawn.append(images.flatten(1))
+        drawn_labels.append(y)
+    drawn, drawn_labels = torch.cat(drawn), torch.cat(drawn_labels)
+    which = torch.cdist(drawn, pool_images).argmin(1)  # the pool example each drawn image is
+    assert torch.allclose(drawn, pool_images[which])
+    assert sorted(which[:30].tolist()) == list(range(30))  # each labelled example once per cycle
+    assert torch.equal(drawn_labels, labels[module._pool][which])
+
+
+def test_images_are_mapped_back_to_minus_one_one():
+    dm = _datamodule(normalization="channel")
+    module = _module()
+    module.trainer = _Trainer(dm)
+    image, _ = dm.train_set[0]
+    raw = torch.from_numpy(dm.train_set.images[0]).permute(2, 0, 1).float() / 255  # (3, 32, 32) in [0, 1]
+    assert torch.allclose(module.to_model_range(image[None])[0], 2 * raw - 1, atol=1e-5)
+
+
+def _fit(module, dm, iterations, tmp_path, max_steps=None):
+    import lightning as L
+
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=max_steps or iterations, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
+def test_gan_iteration_is_two_optimizer_steps_and_updates_both_players(tmp_path):
+    dm = _datamodule()
+    module = _module(historical_averaging=0.01, real_target=0.9)
+    d0 = [p.detach().clone() for p in module.discriminator.parameters()]
+    g0 = [p.detach().clone() for p in module.generator.parameters()]
+    trainer = _fit(module, dm, 3, tmp_path, max_steps=6)
+    assert trainer.global_step == 6 and module.history_d.count == 3 and module.history_g.count == 3
+    assert all(not torch.equal(a, b) for a, b in zip(d0, module.discriminator.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(g0, module.generator.parameters()))
+    images, labels = module.sample_images(5)
+    assert images.shape == (5, 3, 32, 32) and labels is None and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(module.sample_images(5)[0], images)  # fixed noise: the same grid each validation
+
+
+def test_supervised_only_baseline_trains_the_discriminator_alone(tmp_path):
+    dm = _datamodule()
+    module = _module(generator=False)
+    d0 = [p.detach().clone() for p in module.discriminator.parameters()]
+    trainer = _fit(module, dm, 4, tmp_path)
+    assert trainer.global_step == 4 and module.generator is None
+    assert all(not torch.equal(a, b) for a, b in zip(d0, module.discriminator.parameters()))
+    with pytest.raises(ValueError, match="no generator"):
+        module.sample_images(2)
