@@ -248,3 +248,26 @@ def test_supervised_only_baseline_trains_the_discriminator_alone(tmp_path):
     assert all(not torch.equal(a, b) for a, b in zip(d0, module.discriminator.parameters()))
     with pytest.raises(ValueError, match="no generator"):
         module.sample_images(2)
+
+
+def test_scores_over_an_injected_classifier_from_its_checkpoint(tmp_path):
+    import lightning as L
+
+    from lit_papers.metrics.inception_score import score_from_logits
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "clf.ckpt")
+    dm = _datamodule(eval_batch_size=64)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))  # other weights: loaded over
+    module = _module(classifier=head, classifier_checkpoint=str(tmp_path / "clf.ckpt"), score_samples=100)
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.validate(module, datamodule=dm)
+    metrics = trainer.callback_metrics
+    assert torch.equal(module.classifier.classifier[1].weight, net[1].weight)  # the checkpoint's weights
+    # real images: every 5th of the 500 validation images (500 // 100), in [0, 1] (normalization none)
+    real = torch.stack([dm.val_set[i][0] for i in range(0, 500, 5)])
+    assert float(metrics["val/classifier_score_real"]) == pytest.approx(score_from_logits(net(real))[0], rel=1e-4)
+    assert 1.0 <= float(metrics["val/classifier_score"]) <= 10.0
+    assert float(metrics["val/error_n"]) == 500

@@ -23,8 +23,9 @@ Logged: ``train/loss_d``, ``train/loss_supervised``, ``train/loss_unsupervised``
 ``train/d_real``, ``train/d_fake`` (mean D(x)), ``val|test/acc``, ``val|test/error`` (+ ``_n``, images) of the
 discriminator as a K-class classifier, and with a ``classifier`` (any nn.Module returning logits, with its
 ``classifier_checkpoint``): ``val|test/classifier_score`` over ``score_samples`` generated images and
-``val|test/classifier_score_real`` over as many real evaluation images. These are inception-score formulas over
-OUR classifier, NOT comparable with the paper's Inception-network score (8.09, Table 3).
+``val|test/classifier_score_real`` over about as many real evaluation images (every k-th, spread over the set).
+These are inception-score formulas over OUR classifier, NOT comparable with the paper's Inception-network score
+(8.09, Table 3).
 """
 
 from __future__ import annotations
@@ -263,7 +264,15 @@ class ImprovedGANLitModule(L.LightningModule):
         z = self.generator.sample_noise(n, generator=torch.Generator().manual_seed(self.sample_seed)).to(self.device)
         return ((self.generator(z) + 1) / 2).clamp(0, 1).float(), None
 
-    def _evaluate(self, batch, stage: str) -> None:
+    def _score_stride(self, stage: str) -> tuple[int, int]:
+        """(stride, batch size) of the real images the score sees: every stride-th evaluation image, so that
+        ``score_samples`` of them spread over the whole set (folder sets are ordered class by class)."""
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        total = len(loader.dataset) if hasattr(loader, "dataset") else self.score_samples
+        return max(1, total // self.score_samples), int(getattr(loader, "batch_size", None) or 1)
+
+    def _evaluate(self, batch, stage: str, batch_idx: int = 0) -> None:
         images, labels = batch
         logits = self.discriminator(self.to_model_range(images))
         accuracy, count = (self.val_acc, self.val_n) if stage == "val" else (self.test_acc, self.test_n)
@@ -271,8 +280,12 @@ class ImprovedGANLitModule(L.LightningModule):
         count(torch.tensor(float(len(labels)), device=self.device))
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", add_dataloader_idx=False)
         if self.classifier is not None and sum(len(t) for t in self._real_logits) < self.score_samples:
-            x01 = ((self.to_model_range(images) + 1) / 2).clamp(0, 1)
-            self._real_logits.append(self.classifier(x01).float().cpu())
+            stride, batch_size = self._score_stride(stage)
+            index = torch.arange(len(images), device=images.device) + batch_idx * batch_size  # in the whole set
+            picked = images[index % stride == 0]
+            if len(picked):
+                x01 = ((self.to_model_range(picked) + 1) / 2).clamp(0, 1)
+                self._real_logits.append(self.classifier(x01).float().cpu())
 
     def _finish(self, stage: str) -> None:
         accuracy, count = (self.val_acc, self.val_n) if stage == "val" else (self.test_acc, self.test_n)
@@ -299,14 +312,14 @@ class ImprovedGANLitModule(L.LightningModule):
                 self.log(f"{stage}/classifier_score_std", std)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._finish("val")
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 0:  # the first test set (further ones, e.g. exact records, are not scored here)
-            self._evaluate(batch, "test")
+            self._evaluate(batch, "test", batch_idx)
 
     def on_test_epoch_end(self) -> None:
         self._finish("test")
