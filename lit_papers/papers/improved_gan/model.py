@@ -85,8 +85,10 @@ class HistoricalAverage:
     @torch.no_grad()
     def update(self) -> None:
         self.count += 1
-        for avg, p in zip(self.average, self.parameters, strict=True):
-            avg.add_((p.detach().float() - avg) / self.count)
+        for i, p in enumerate(self.parameters):
+            if self.average[i].device != p.device:  # follow the parameters to their device
+                self.average[i] = self.average[i].to(p.device)
+            self.average[i].add_((p.detach().float() - self.average[i]) / self.count)
 
     def penalty(self) -> torch.Tensor:
         if not self.parameters:
@@ -100,7 +102,7 @@ class HistoricalAverage:
     def load_state_dict(self, state: dict) -> None:
         self.count = int(state["count"])
         for avg, saved in zip(self.average, state["average"], strict=True):
-            avg.copy_(saved)
+            avg.copy_(saved.to(avg.device))
 
 
 # ---------------------------------------------------------------------------------------------------------
