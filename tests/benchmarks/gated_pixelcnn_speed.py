@@ -17,6 +17,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,8 +117,6 @@ def main() -> dict:
     lr = cfg["model"]["init_args"]["optimizer"]["init_args"]["lr"]
     conditional = cfg["model"]["init_args"]["conditional"]
     batches = make_batches(args.steps + WARMUP, batch_size)
-    import tempfile
-
     per_round, plain_ips, ours_ips = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
