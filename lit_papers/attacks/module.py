@@ -1,0 +1,121 @@
+"""AttackLitModule: what the adversarial papers' LightningModules share.
+
+``lit-papers test --config configs/<paper>/<variant>.yaml`` loads the victim's checkpoint (``setup``), turns
+every test batch back into images in [0, 1] (the datamodule yields normalised tensors: ``x * std + mean`` with
+the datamodule's own statistics, rounded to the 1/255 grid the images came from), lets the paper's module
+collect what it attacks (:meth:`collect`), and runs the paper's procedure once at the end of the test epoch
+(:meth:`run_attack`, logging ``test/<metric>``).
+
+``lit-papers fit`` exists for the tiny configs only: with no victim checkpoint it trains the victim in place
+(cross-entropy, the injected optimizer), so that ``run.test_after_fit`` then attacks a victim trained seconds
+earlier. With a checkpoint configured, ``fit`` is refused (the victim's own config trains it).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from lit_papers.attacks.victim import Victim, as_chw
+from lit_papers.schedules import optimizer_config
+
+
+class AttackLitModule(L.LightningModule):
+    """Base of the attack modules. ``victim``: the attacked classifier (:class:`Victim`); ``num_images``: how
+    many test images :meth:`collect` keeps (None: all); ``optimizer``/``scheduler``: for training a victim in
+    place (tiny configs only)."""
+
+    def __init__(self, *, victim: Victim, num_images: int | None = None,
+                 optimizer: OptimizerCallable | None = None, scheduler: LRSchedulerCallable | None = None) -> None:
+        super().__init__()
+        self.victim = victim
+        self.num_images = num_images
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.register_buffer("data_mean", torch.zeros(1, 3, 1, 1), persistent=False)
+        self.register_buffer("data_std", torch.ones(1, 3, 1, 1), persistent=False)
+        self.images: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.trained_in_place = False
+
+    # -- data: normalised batches -> [0, 1] images ---------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        if mean is None or std is None:
+            raise ValueError(f"{type(self).__name__}: the datamodule {type(datamodule).__name__} exposes no `mean`/"
+                             "`std` (its input normalisation); attacks need them to work on images in [0, 1]: use "
+                             "lit_papers.data.cifar.CIFARDataModule")
+        self.data_mean = as_chw(np.asarray(mean), self.victim.image_size).to(self.data_std.device)
+        self.data_std = as_chw(np.asarray(std), self.victim.image_size).to(self.data_std.device)
+        if stage == "fit":
+            if self.victim.checkpoint is not None:
+                raise ValueError(f"{type(self).__name__}: this config attacks the trained victim "
+                                 f"{self.victim.checkpoint!r}; run `lit-papers test` (the victim's own config trains it)")
+            self.victim.set_normalization(mean, std, getattr(datamodule, "normalization", None))
+            self.trained_in_place = True
+        elif self.victim.checkpoint is not None:
+            self.victim.load()
+        elif not self.trained_in_place:
+            print(f"[{type(self).__name__}] warning: no victim checkpoint and no training in this process: the "
+                  "victim is UNTRAINED (set model.init_args.victim.init_args.checkpoint)", file=sys.stderr)
+            self.victim.set_normalization(mean, std, getattr(datamodule, "normalization", None))
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised batch (B, 3, H, W) -> images in [0, 1] on the 1/255 grid."""
+        return (torch.round((x * self.data_std + self.data_mean) * 255.0) / 255.0).clamp(0.0, 1.0)
+
+    # -- fit: a victim trained in place (tiny configs) ----------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self.victim(self.to_unit(images)), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError(f"{type(self).__name__}: fit needs model.init_args.optimizer (training a victim in place)")
+        return optimizer_config(self.optimizer_factory(self.victim.parameters()), self.scheduler_factory)
+
+    # -- test: collect, then attack once --------------------------------------------------------------------------
+    def on_test_start(self) -> None:
+        self.images, self.labels = [], []
+        self.victim.eval()
+
+    def collected(self) -> int:
+        return sum(len(x) for x in self.images)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx != 0 or (self.num_images is not None and self.collected() >= self.num_images):
+            return
+        images, labels = batch
+        self.collect(self.to_unit(images), labels)
+
+    def collect(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Keep a test batch (images in [0, 1]); subclasses filter (e.g. correctly classified images only)."""
+        self.images.append(images)
+        self.labels.append(labels)
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The collected images (N, 3, H, W) and labels (N,), at most ``num_images``."""
+        if not self.images:
+            raise ValueError(f"{type(self).__name__}: no test images were collected (empty test split, or none "
+                             "passed the filter: an untrained victim classifies few images correctly)")
+        x, y = torch.cat(self.images), torch.cat(self.labels)
+        return (x, y) if self.num_images is None else (x[: self.num_images], y[: self.num_images])
+
+    def on_test_epoch_end(self) -> None:
+        with torch.inference_mode(False), torch.enable_grad():
+            images, labels = (t.clone() for t in self.gathered())  # normal tensors: the attacks need autograd
+            metrics = self.run_attack(images, labels)
+        for key, value in metrics.items():
+            self.log(f"test/{key}", float(value))
+
+    def run_attack(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        raise NotImplementedError
