@@ -4,7 +4,8 @@
 every test batch back into images in [0, 1] (the datamodule yields normalised tensors: ``x * std + mean`` with
 the datamodule's own statistics, rounded to the 1/255 grid the images came from), lets the paper's module
 collect what it attacks (:meth:`collect`), and runs the paper's procedure once at the end of the test epoch
-(:meth:`run_attack`, logging ``test/<metric>``).
+(:meth:`run_attack`, logging ``test/<metric>``). ``validate`` (and the validations of ``fit``) run the same
+attack on the validation images and log ``val/<metric>``: sweeps tune attack settings there, never on test.
 
 ``lit-papers fit`` exists for the tiny configs only: with no victim checkpoint it trains the victim in place
 (cross-entropy, the injected optimizer), so that ``run.test_after_fit`` then attacks a victim trained seconds
@@ -83,39 +84,64 @@ class AttackLitModule(L.LightningModule):
             raise ValueError(f"{type(self).__name__}: fit needs model.init_args.optimizer (training a victim in place)")
         return optimizer_config(self.optimizer_factory(self.victim.parameters()), self.scheduler_factory)
 
-    # -- test: collect, then attack once --------------------------------------------------------------------------
-    def on_test_start(self) -> None:
+    # -- validation / test: collect, then attack once per epoch --------------------------------------------------
+    def _start(self) -> None:
         self.images, self.labels = [], []
         self.victim.eval()
+
+    def on_validation_start(self) -> None:
+        self._start()
+
+    def on_test_start(self) -> None:
+        self._start()
 
     def collected(self) -> int:
         return sum(len(x) for x in self.images)
 
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def _step(self, batch, dataloader_idx: int) -> None:
         if dataloader_idx != 0 or (self.num_images is not None and self.collected() >= self.num_images):
             return
         images, labels = batch
         self.collect(self.to_unit(images), labels)
 
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, dataloader_idx)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, dataloader_idx)
+
     def collect(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Keep a test batch (images in [0, 1]); subclasses filter (e.g. correctly classified images only)."""
+        """Keep a batch (images in [0, 1]); subclasses filter (e.g. correctly classified images only)."""
         self.images.append(images)
         self.labels.append(labels)
 
     def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The collected images (N, 3, H, W) and labels (N,), at most ``num_images``."""
         if not self.images:
-            raise ValueError(f"{type(self).__name__}: no test images were collected (empty test split, or none "
-                             "passed the filter: an untrained victim classifies few images correctly)")
+            raise ValueError(f"{type(self).__name__}: no images were collected (empty split, or none passed the "
+                             "filter: an untrained victim classifies few images correctly)")
         x, y = torch.cat(self.images), torch.cat(self.labels)
         return (x, y) if self.num_images is None else (x[: self.num_images], y[: self.num_images])
 
-    def on_test_epoch_end(self) -> None:
+    def _attack_and_log(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.sanity_checking:
+            return
+        was_training = self.victim.training
+        self.victim.eval()
         with torch.inference_mode(False), torch.enable_grad():
             images, labels = (t.clone() for t in self.gathered())  # normal tensors: the attacks need autograd
             metrics = self.run_attack(images, labels)
+        self.victim.zero_grad(set_to_none=True)
+        self.victim.train(was_training)
         for key, value in metrics.items():
-            self.log(f"test/{key}", float(value))
+            self.log(f"{stage}/{key}", float(value))
+
+    def on_validation_epoch_end(self) -> None:
+        """The attack on the validation images (what a sweep tunes: never the test images)."""
+        self._attack_and_log("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._attack_and_log("test")
 
     def run_attack(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         raise NotImplementedError

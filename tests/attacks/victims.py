@@ -44,11 +44,11 @@ def _trained(depth: int, seed: int, steps: int, network: str) -> tuple[dict, tor
         net = ResNetCifar(depth=depth)
     victim = Victim(network=net)
     victim.set_normalization(mean, std, "per_pixel_mean")
-    opt = torch.optim.SGD(victim.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(victim.parameters(), lr=0.1, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
     victim.train()
     for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=gen)
+        idx = torch.randint(0, len(x), (32,), generator=gen)
         loss = F.cross_entropy(victim(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
@@ -57,7 +57,7 @@ def _trained(depth: int, seed: int, steps: int, network: str) -> tuple[dict, tor
     return {k: v.clone() for k, v in victim.state_dict().items()}, mean, std
 
 
-def tiny_victim(depth: int = 8, seed: int = 0, steps: int = 60, network: str = "plain") -> Victim:
+def tiny_victim(depth: int = 8, seed: int = 0, steps: int = 40, network: str = "plain") -> Victim:
     """A ResNet-``depth`` victim trained for ``steps`` SGD steps on 500 exact records (cached per process)."""
     state, mean, std = _trained(depth, seed, steps, network)
     if network == "dropout":
