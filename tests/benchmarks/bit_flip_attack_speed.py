@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from lit_papers.attacks.victim import Victim
-from lit_papers.papers.bit_flip_attack.model import BitFlipAttack, QuantizedWeights, bit_values, flip_bits, to_bits
+from lit_papers.papers.bit_flip_attack.model import (
+    BitFlipAttack,
+    QuantizedWeights,
+    bit_values,
+    flip_bits,
+    to_bits,
+)
 from lit_papers.papers.resnet_cifar.model import ResNetCifar
 
 
