@@ -40,3 +40,35 @@ class DropoutResNetCifar(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = self.backbone(x)["stage3"]  # (B, 64, 8, 8)
         return self.fc(self.head_dropout(last.mean(dim=(2, 3))))  # (B, 64) -> (B, K)
+
+
+def dropout_on(network: nn.Module) -> list[nn.Module]:
+    """Put only the dropout layers of ``network`` in training mode (BatchNorm keeps its running statistics);
+    returns them, so the caller can switch them back off."""
+    layers = [m for m in network.modules() if isinstance(m, nn.Dropout | nn.Dropout2d)]
+    for m in layers:
+        m.train()
+    return layers
+
+
+@torch.no_grad()
+def mc_dropout_probs(model: nn.Module, x: torch.Tensor, samples: int = 50, batch_size: int = 500) -> torch.Tensor:
+    """T stochastic forward passes with dropout on (sec. 3.2): softmax outputs (T, B, K)."""
+    layers = dropout_on(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no dropout layer: Bayesian uncertainty needs a dropout network "
+                         "(e.g. lit_papers.papers.feinman_detection.model.DropoutResNetCifar)")
+    try:
+        out = torch.stack([torch.cat([model(x[i:i + batch_size]).softmax(dim=1) for i in range(0, len(x), batch_size)])
+                           for _ in range(samples)])
+    finally:
+        for m in layers:
+            m.eval()
+    return out
+
+
+def bayesian_uncertainty(probs: torch.Tensor) -> torch.Tensor:
+    """Eq. 4-5 without the model-precision term: 1/T sum_i y_i^T y_i - (1/T sum_i y_i)^T (1/T sum_i y_i) for
+    ``probs`` (T, B, K) -> (B,)."""
+    mean = probs.mean(dim=0)  # (B, K)
+    return (probs * probs).sum(dim=2).mean(dim=0) - (mean * mean).sum(dim=1)
