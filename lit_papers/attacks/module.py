@@ -29,14 +29,17 @@ from lit_papers.schedules import optimizer_config
 
 class AttackLitModule(L.LightningModule):
     """Base of the attack modules. ``victim``: the attacked classifier (:class:`Victim`); ``num_images``: how
-    many test images :meth:`collect` keeps (None: all); ``optimizer``/``scheduler``: for training a victim in
-    place (tiny configs only)."""
+    many of the collected images are attacked (None: all); ``sample_seed``: None = the first ``num_images`` in
+    loader order (collection stops there), else a uniform random subset drawn with this seed from the whole split
+    (a folder of images is ordered class by class, so the first images are of one or two classes only);
+    ``optimizer``/``scheduler``: for training a victim in place (tiny configs only)."""
 
-    def __init__(self, *, victim: Victim, num_images: int | None = None,
+    def __init__(self, *, victim: Victim, num_images: int | None = None, sample_seed: int | None = None,
                  optimizer: OptimizerCallable | None = None, scheduler: LRSchedulerCallable | None = None) -> None:
         super().__init__()
         self.victim = victim
         self.num_images = num_images
+        self.sample_seed = sample_seed
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.register_buffer("data_mean", torch.zeros(1, 3, 1, 1), persistent=False)
@@ -63,7 +66,7 @@ class AttackLitModule(L.LightningModule):
             self.trained_in_place = True
         elif self.victim.checkpoint is not None:
             self.victim.load()
-        elif not self.trained_in_place:
+        elif not self.trained_in_place and not getattr(self.trainer, "ckpt_path", None):
             print(f"[{type(self).__name__}] warning: no victim checkpoint and no training in this process: the "
                   "victim is UNTRAINED (set model.init_args.victim.init_args.checkpoint)", file=sys.stderr)
             self.victim.set_normalization(mean, std, getattr(datamodule, "normalization", None))
@@ -99,7 +102,8 @@ class AttackLitModule(L.LightningModule):
         return sum(len(x) for x in self.images)
 
     def _step(self, batch, dataloader_idx: int) -> None:
-        if dataloader_idx != 0 or (self.num_images is not None and self.collected() >= self.num_images):
+        full = self.num_images is not None and self.sample_seed is None and self.collected() >= self.num_images
+        if dataloader_idx != 0 or full:
             return
         images, labels = batch
         self.collect(self.to_unit(images), labels)
@@ -121,7 +125,13 @@ class AttackLitModule(L.LightningModule):
             raise ValueError(f"{type(self).__name__}: no images were collected (empty split, or none passed the "
                              "filter: an untrained victim classifies few images correctly)")
         x, y = torch.cat(self.images), torch.cat(self.labels)
-        return (x, y) if self.num_images is None else (x[: self.num_images], y[: self.num_images])
+        if self.num_images is None:
+            return x, y
+        if self.sample_seed is None:
+            return x[: self.num_images], y[: self.num_images]
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.sample_seed))[: self.num_images]
+        pick = pick.sort().values.to(x.device)
+        return x[pick], y[pick]
 
     def _attack_and_log(self, stage: str) -> None:
         if self._trainer is not None and self.trainer.sanity_checking:

@@ -32,8 +32,10 @@ class BitFlipAttackLitModule(AttackLitModule):
     def __init__(self, *, victim: Victim, num_images: int | None = 10000, bits: int = 8,
                  attack_batch_size: int = 128, top_k: int = 1, stop_accuracy: float = 0.11, max_flips: int = 100,
                  random_flips: int = 100, random_eval_every: int = 10, attack_seed: int = 0,
-                 optimizer: OptimizerCallable | None = None, scheduler: LRSchedulerCallable | None = None) -> None:
-        super().__init__(victim=victim, num_images=num_images, optimizer=optimizer, scheduler=scheduler)
+                 sample_seed: int | None = None, optimizer: OptimizerCallable | None = None,
+                 scheduler: LRSchedulerCallable | None = None) -> None:
+        super().__init__(victim=victim, num_images=num_images, sample_seed=sample_seed, optimizer=optimizer,
+                         scheduler=scheduler)
         self.save_hyperparameters(ignore=["victim", "optimizer", "scheduler"])
         self.bits, self.attack_batch_size, self.top_k = bits, attack_batch_size, top_k
         self.stop_accuracy, self.max_flips = stop_accuracy, max_flips

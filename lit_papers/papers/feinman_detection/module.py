@@ -40,9 +40,10 @@ DEFAULT_ATTACKS = {"fgsm": {"eps": 0.05}, "bim-a": {"eps": 0.05, "alpha": 0.005,
 class FeinmanDetectionLitModule(AttackLitModule):
     def __init__(self, *, victim: Victim, num_images: int | None = 1000, attacks: dict[str, dict] | None = None,
                  mc_samples: int = 50, bandwidth: float = 0.26, kde_train_images: int = 5000, attack_seed: int = 0,
-                 chunk: int = 100, optimizer: OptimizerCallable | None = None,
+                 chunk: int = 100, sample_seed: int | None = None, optimizer: OptimizerCallable | None = None,
                  scheduler: LRSchedulerCallable | None = None) -> None:
-        super().__init__(victim=victim, num_images=num_images, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(victim=victim, num_images=num_images, sample_seed=sample_seed, optimizer=optimizer,
+                         scheduler=scheduler)
         self.save_hyperparameters(ignore=["victim", "optimizer", "scheduler"])
         self.attack_settings = dict(DEFAULT_ATTACKS if attacks is None else attacks)
         self.mc_samples, self.bandwidth, self.kde_train_images = mc_samples, bandwidth, kde_train_images

@@ -35,8 +35,10 @@ class SzegedyLBFGSLitModule(AttackLitModule):
     def __init__(self, *, victim: Victim, transfer_victim: Victim | None = None, num_images: int | None = 100,
                  c_init: float = 1.0, search_steps: int = 8, max_iter: int = 100, chunk: int = 100,
                  attack_seed: int = 0, grid_images: int = 8,
-                 optimizer: OptimizerCallable | None = None, scheduler: LRSchedulerCallable | None = None) -> None:
-        super().__init__(victim=victim, num_images=num_images, optimizer=optimizer, scheduler=scheduler)
+                 sample_seed: int | None = None, optimizer: OptimizerCallable | None = None,
+                 scheduler: LRSchedulerCallable | None = None) -> None:
+        super().__init__(victim=victim, num_images=num_images, sample_seed=sample_seed, optimizer=optimizer,
+                         scheduler=scheduler)
         self.save_hyperparameters(ignore=["victim", "transfer_victim", "optimizer", "scheduler"])
         self.transfer_victim = transfer_victim
         if transfer_victim is not None:
