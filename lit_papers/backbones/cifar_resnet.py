@@ -5,6 +5,10 @@ Input 32x32. A 3x3 conv with 16 filters, then three stages of ``n`` basic blocks
 Depth = 6n + 2 (n = 3, 5, 7, 9, 18 -> ResNet-20/32/44/56/110). Shortcuts are identities; where the
 dimensions grow, option A: the identity is subsampled by 2 and zero-padded with the extra channels
 (parameter-free, so ResNet-20 has 0.27M parameters as in Table 6).
+
+``dropout`` (default 0: off, the paper's network) inserts dropout between the two convolutions of every block,
+as wide ResNets do (Zagoruyko & Komodakis 2016, sec. 2.3); adversarial-detection papers (Feinman et al. 2017)
+need a network with dropout for Monte-Carlo uncertainty. Dropout has no parameters, so checkpoints are the same.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ def zero_pad_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers; ReLU after the addition (He et al. 2016, Fig. 2)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "A") -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "A",
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
@@ -47,6 +55,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
+        if self.dropout is not None:
+            out = self.dropout(out)
         out = self.bn2(self.conv2(out))
         identity = self.projection(x) if self.projection is not None else zero_pad_shortcut(x, self.out_channels, self.stride)
         return F.relu(out + identity)
@@ -56,7 +66,8 @@ class CifarResNet(nn.Module):
     """Feature extractor: returns ``{"stage1": (B,16,32,32), "stage2": (B,32,16,16), "stage3": (B,64,8,8)}``
     for a 32x32 input."""
 
-    def __init__(self, *, depth: int = 20, widths: tuple[int, int, int] = (16, 32, 64), shortcut: str = "A") -> None:
+    def __init__(self, *, depth: int = 20, widths: tuple[int, int, int] = (16, 32, 64), shortcut: str = "A",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
@@ -68,7 +79,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(in_ch, width, stride, shortcut))
+                blocks.append(BasicBlock(in_ch, width, stride, shortcut, dropout))
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

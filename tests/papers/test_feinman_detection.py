@@ -1,0 +1,79 @@
+"""Feinman et al. 2017: the uncertainty formula, our BIM vs torchattacks, MC dropout, the kernel density."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torchattacks
+
+from lit_papers.papers.feinman_detection.attacks import bim
+from lit_papers.papers.feinman_detection.detector import ClassDensity
+from lit_papers.papers.feinman_detection.model import bayesian_uncertainty, mc_dropout_probs
+from lit_papers.papers.feinman_detection.module import FeinmanDetectionLitModule
+from tests.attacks.victims import records, tiny_victim
+
+
+def test_uncertainty_matches_a_float64_loop_of_the_papers_formula():
+    probs = torch.rand(50, 7, 10).softmax(dim=2)
+    ours = bayesian_uncertainty(probs)
+    for b in range(7):
+        y = [probs[t, b].double().tolist() for t in range(50)]
+        first = sum(sum(v * v for v in yt) for yt in y) / 50  # 1/T sum_t y_t^T y_t
+        mean = [sum(y[t][k] for t in range(50)) / 50 for k in range(10)]
+        assert math.isclose(float(ours[b]), first - sum(m * m for m in mean), rel_tol=1e-5, abs_tol=1e-7)
+    assert torch.allclose(bayesian_uncertainty(probs[:1].repeat(5, 1, 1)), torch.zeros(7), atol=1e-7)  # no spread
+
+
+def test_our_bim_equals_torchattacks_bim_and_bim_a_stops_early():
+    victim = tiny_victim()
+    x, y = records("test_batch", 16)
+    library = torchattacks.BIM(victim, eps=0.03, alpha=0.005, steps=6)(x, y)
+    ours = bim(victim, x, y, eps=0.03, alpha=0.005, steps=6)
+    assert (ours - library).abs().max() < 1e-6
+    assert (ours - x).abs().max() <= 0.03 + 1e-6 and 0 <= float(ours.min()) and float(ours.max()) <= 1
+    early = bim(victim, x, y, eps=0.03, alpha=0.005, steps=6, early_stop=True)
+    with torch.no_grad():
+        fooled = victim(early).argmax(dim=1) != y
+    # a BIM-A image moves less than (or as much as) its BIM-B counterpart
+    assert ((early - x).abs().flatten(1).sum(1) <= (ours - x).abs().flatten(1).sum(1) + 1e-5).all()
+    assert fooled.any()
+
+
+def test_mc_dropout_samples_differ_and_batchnorm_stays_frozen():
+    victim = tiny_victim(network="dropout")
+    x, _ = records("test_batch", 8)
+    stats = victim.network.backbone.stem[1].running_mean.clone()
+    probs = mc_dropout_probs(victim, x, samples=5)
+    assert probs.shape == (5, 8, 10) and (probs[0] - probs[1]).abs().max() > 1e-4
+    assert torch.equal(stats, victim.network.backbone.stem[1].running_mean) and not victim.training
+    assert not any(m.training for m in victim.modules())  # dropout switched back off
+    assert (bayesian_uncertainty(probs) > 0).all()
+
+
+def test_class_density_is_the_gaussian_kde_formula():
+    rng = np.random.default_rng(0)
+    feats, labels = rng.normal(size=(40, 3)), np.repeat(np.arange(2), 20)
+    density = ClassDensity(feats, labels, bandwidth=0.26, num_classes=2)
+    query, predicted = rng.normal(size=(5, 3)), np.array([0, 1, 1, 0, 1])
+    ours = density.score(query, predicted)
+    h, d = 0.26, 3
+    for q, k, value in zip(query, predicted, ours):
+        own = feats[labels == k]
+        kernel = np.exp(-((own - q) ** 2).sum(1) / (2 * h * h)).mean() / (2 * math.pi * h * h) ** (d / 2)
+        assert math.isclose(value, math.log(kernel), rel_tol=1e-9)
+
+
+def test_module_gives_an_auc_per_attack():
+    x, y = records("test_batch", 120)
+    module = FeinmanDetectionLitModule(victim=tiny_victim(network="dropout"), num_images=None, mc_samples=8,
+                                       attacks={"fgsm": {"eps": 0.05}, "bim-a": {"eps": 0.05, "alpha": 0.01, "steps": 5}})
+    module.kde_train = records("data_batch_1", 300)
+    with torch.no_grad():
+        keep = module.victim(x).argmax(1) == y
+    out = module.run_attack(x[keep], y[keep])
+    for key in ("fgsm", "bim_a"):
+        assert 0.0 <= out[f"auc_{key}"] <= 1.0 and out[f"auc_{key}_n"] > 0 and 0 < out[f"attack_success_{key}"] <= 1
+        assert out[f"l2_{key}"] > 0
+    assert set(module.roc) == {"fgsm", "bim-a"}
