@@ -85,8 +85,11 @@ class SelectiveSearch:
     OpenCV's ``switchToSelectiveSearchFast(base_k, inc_k, sigma)``: Felzenszwalb-Huttenlocher segmentations at
     ``k = base_k`` and ``base_k + inc_k`` in two colour spaces, merged hierarchically under two similarity
     combinations (OpenCV's defaults: 150, 150, 0.8). Small images need a smaller ``base_k`` to be split into
-    enough regions (the shapes configs use 20). Boxes narrower or shorter than ``min_size`` pixels are dropped,
-    duplicates removed, and the first ``max_proposals`` kept in OpenCV's ranking.
+    enough regions (the shapes configs use 20). Boxes narrower or shorter than ``min_size`` pixels are dropped and
+    duplicates removed. OpenCV returns the boxes in a pseudo-random order that differs from call to call (the
+    ranking of Uijlings et al. multiplies the hierarchy level by a random number; ``cv2.setRNGSeed`` does not fix
+    it, measured), so the boxes are sorted (x, y, w, h) to make an image's proposals reproducible, and when there
+    are more than ``max_proposals`` a pseudo-random subset seeded by the image's bytes is kept.
 
     ``__call__(image (3, H, W) float [0, 1] RGB) -> Tensor[N, 4]`` xyxy float32, ``N <= max_proposals``.
     """
@@ -108,8 +111,11 @@ class SelectiveSearch:
         xywh = np.asarray(search.process(), np.float32).reshape(-1, 4)  # (N, 4) x, y, w, h
         keep = (xywh[:, 2] >= self.min_size) & (xywh[:, 3] >= self.min_size)
         xywh = xywh[keep]
-        _, first = np.unique(xywh, axis=0, return_index=True)
-        xywh = xywh[np.sort(first)][: self.max_proposals]  # deduplicated, OpenCV's order kept
+        xywh = np.unique(xywh, axis=0)  # deduplicated, sorted: OpenCV's own order is not reproducible
+        if len(xywh) > self.max_proposals:  # a pseudo-random subset, fixed for a given image (Uijlings' ranking
+            seed = int.from_bytes(hashlib.sha1(rgb.tobytes()).digest()[:8], "little")  # is pseudo-random too)
+            pick = np.random.default_rng(seed).choice(len(xywh), self.max_proposals, replace=False)
+            xywh = xywh[np.sort(pick)]
         boxes = torch.from_numpy(xywh.copy())
         boxes[:, 2:] += boxes[:, :2]  # (N, 4) xyxy
         return boxes
@@ -446,7 +452,10 @@ class RegionDetectorLitModule(L.LightningModule):
         return summary
 
     def _ensure_fitted(self) -> None:
-        if self.svms is None or int(self.fitted_at_step) != self.global_step:
+        """Fit at the first evaluation and whenever the network has trained since the last fit. A ``test`` /
+        ``validate`` from a checkpoint starts at global step 0 and keeps the checkpoint's SVMs and regressors."""
+        fitted = int(self.fitted_at_step)
+        if self.svms is None or fitted < 0 or (self.global_step > 0 and fitted != self.global_step):
             for name, value in self.fit_region_classifiers().items():
                 self.log(name, value)
 
