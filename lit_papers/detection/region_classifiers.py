@@ -313,7 +313,7 @@ def classwise_nms(boxes: torch.Tensor, scores: torch.Tensor, *, iou_threshold: f
 # -- the Lightning side --------------------------------------------------------------------------------------
 
 
-def _image_key(image: torch.Tensor) -> str:
+def image_key(image: torch.Tensor) -> str:
     return hashlib.sha1(image.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
@@ -351,7 +351,7 @@ class RegionDetectorLitModule(L.LightningModule):
 
     # proposals, cached per image content (the paper computes them once, offline)
     def proposals_for(self, image: torch.Tensor) -> torch.Tensor:
-        key = _image_key(image)
+        key = image_key(image)
         if key not in self._proposal_cache:
             self._proposal_cache[key] = self.proposals(image)
         return self._proposal_cache[key].to(image.device)
