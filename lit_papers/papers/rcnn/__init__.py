@@ -1,0 +1,1 @@
+"""R-CNN (Girshick et al. 2014)."""
