@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models.detection import ssd300_vgg16
 
 from lit_papers.ops.default_boxes import ssd_scales
-from lit_papers.papers.ssd.model import SSD, SSDVGG, L2Norm
+from lit_papers.papers.ssd.model import SSD, SSDVGG, L2Norm, load_torchvision_ssd300
 
 TV_MEAN, TV_STD = (0.48235, 0.45882, 0.40784), (1 / 255, 1 / 255, 1 / 255)
 TV_COCO_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)  # torchvision's (COCO) scales, to compare like for like
@@ -28,18 +28,7 @@ def pair():
     theirs = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).eval()
     theirs.anchor_generator.clip = False  # torchvision clamps box sizes to the image; the paper's boxes are not
     ours = SSD(num_classes=20, scales=TV_COCO_SCALES, steps=(8, 16, 32, 64, 100, 300), mean=TV_MEAN, std=TV_STD).eval()
-    body = _convs(theirs.backbone)
-    mine = _convs(ours.base) + _convs(ours.extras)
-    assert len(body) == len(mine) == 23
-    with torch.no_grad():
-        for a, b in zip(mine, body):
-            a.weight.copy_(b.weight)
-            a.bias.copy_(b.bias)
-        for a, b in zip([*ours.cls_heads, *ours.loc_heads],
-                        [*theirs.head.classification_head.module_list, *theirs.head.regression_head.module_list]):
-            a.weight.copy_(b.weight)
-            a.bias.copy_(b.bias)
-        ours.l2norm.weight.copy_(theirs.backbone.scale_weight)
+    load_torchvision_ssd300(ours, theirs)
     return ours, theirs
 
 
@@ -120,6 +109,8 @@ def test_fc6_fc7_subsampled_from_the_imagenet_classifier(monkeypatch):
 
 
 def test_config_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="full widths"):
+        load_torchvision_ssd300(SSD(num_classes=3), ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21))
     with pytest.raises(ValueError, match="need 6 aspect-ratio lists and 7 scales"):
         SSD(scales=ssd_scales(5))
 

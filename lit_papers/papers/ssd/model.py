@@ -279,3 +279,24 @@ class SSD(nn.Module):
             ratio = b.new_tensor([w0 / s, h0 / s, w0 / s, h0 / s])
             out.append({"boxes": b[keep] * ratio, "scores": sc[keep], "labels": lab[keep]})
         return out
+
+
+def load_torchvision_ssd300(model: SSD, tv_model: nn.Module) -> None:
+    """Copy the weights of torchvision's ``ssd300_vgg16`` (same architecture: VGG-16 to conv4_3, pool5 / atrous
+    fc6 / fc7, the four extra blocks, L2Norm scale, 3x3 heads in the same (location, box, class) layout) into an SSD
+    built with the full widths and ``num_classes = tv num_classes - 1``. Used by the parity test and the benchmark;
+    also loads torchvision's COCO weights. Raises ValueError when the two do not have the same conv layers."""
+    def convs(m: nn.Module) -> list[nn.Conv2d]:
+        return [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+
+    pairs = list(zip(convs(model.base) + convs(model.extras), convs(tv_model.backbone)))
+    pairs += list(zip([*model.cls_heads, *model.loc_heads], [*tv_model.head.classification_head.module_list,
+                                                              *tv_model.head.regression_head.module_list]))
+    if len(pairs) != 35 or any(a.weight.shape != b.weight.shape for a, b in pairs):
+        raise ValueError("load_torchvision_ssd300 needs SSD300 with full widths, no BN, and num_classes = "
+                         "torchvision's num_classes - 1")
+    with torch.no_grad():
+        for a, b in pairs:
+            a.weight.copy_(b.weight)
+            a.bias.copy_(b.bias)
+        model.l2norm.weight.copy_(tv_model.backbone.scale_weight)
