@@ -59,6 +59,7 @@ from lit_papers.data.images import (
     verify_images,
 )
 from lit_papers.data.root import data_root, family_dir
+from lit_papers.data.ssd_augment import SSDAugment
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -256,7 +257,10 @@ class VOCDetection(Dataset):
         target = {"boxes": np.array([o["box"] for o in objects], np.float32).reshape(-1, 4),
                   "labels": np.array([self._label[o["name"]] for o in objects], np.int64)}
         h0, w0 = image.shape[:2]
-        image, target = apply_transform(self.transform, image, target, seed)
+        if isinstance(self.transform, SSDAugment):  # SSD's own pipeline (its crops are not albumentations')
+            image, target = self.transform(image, target, seed)
+        else:
+            image, target = apply_transform(self.transform, image, target, seed)
         h, w = image.shape[:2]
         out = {"boxes": torch.from_numpy(target["boxes"]), "labels": torch.from_numpy(target["labels"]),
                "image_id": index, "orig_size": (h0, w0), "scale": (h / h0, w / w0)}
@@ -340,18 +344,28 @@ class VOCDataModule(ShardedDataModule):
 
     ``task: segmentation`` reads :class:`VOCSegmentation` instead (splits e.g. ``["2012_train"]`` /
     ``["2012_val"]``; whole images, no resizing, ``min_size``/``max_size`` unused; batches padded by
-    :func:`collate_segmentation`). ``classes``: the object class names (None = the 20 VOC classes)."""
+    :func:`collate_segmentation`). ``classes``: the object class names (None = the 20 VOC classes).
+
+    SSD (Liu et al. 2016): ``fixed_size`` warps every image to ``fixed_size`` x ``fixed_size`` (train and eval;
+    ``min_size``/``max_size`` unused; boxes are mapped back to the original image by the model's postprocess);
+    training then runs :class:`~lit_papers.data.ssd_augment.SSDAugment` with ``photometric`` distortions,
+    expansion up to ``expand_ratio`` (1 = off), the IoU-constrained random crop ``iou_crop`` (patch scale >=
+    ``crop_min_scale``) and ``hflip``. All off by default (the detection behaviour above is unchanged)."""
 
     def __init__(self, *, root: str | None = None, train_splits: tuple[str, ...] = ("2007_trainval",),
                  test_splits: tuple[str, ...] = ("2007_test",), min_size: int = 600, max_size: int = 1000, hflip: float = 0.5,
                  batch_size: int = 2, eval_batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
                  download: bool = True, verify_images: VerifyMode = "header",
-                 task: Literal["detection", "segmentation"] = "detection", classes: tuple[str, ...] | None = None
-                 ) -> None:
+                 task: Literal["detection", "segmentation"] = "detection", classes: tuple[str, ...] | None = None,
+                 fixed_size: int | None = None, photometric: bool = False, expand_ratio: float = 1.0,
+                 iou_crop: bool = False, crop_min_scale: float = 0.3) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
         if task not in ("detection", "segmentation"):
             raise ValueError(f"data.init_args.task must be 'detection' or 'segmentation', got {task!r}")
+        if fixed_size is None and (photometric or expand_ratio != 1.0 or iou_crop):
+            raise ValueError("data.init_args photometric / expand_ratio / iou_crop are SSD's augmentation and need "
+                             "data.init_args.fixed_size (the network's square input, 300 for SSD300)")
         self.devkit = family_dir("voc", root) / "VOCdevkit"
         self.verify_images = verify_images
         self.classes = tuple(classes) if classes is not None else VOC_CLASSES
@@ -389,8 +403,8 @@ class VOCDataModule(ShardedDataModule):
             if hp.task == "segmentation":
                 ds = VOCSegmentation(self.devkit, splits, classes=self.classes, hflip=hp.hflip if train else 0.0)
             else:
-                transform = resize_transform(hp.min_size, hp.max_size, hflip=hp.hflip if train else 0.0)
-                ds = VOCDetection(self.devkit, splits, train=train, transform=transform, classes=self.classes)
+                ds = VOCDetection(self.devkit, splits, train=train, transform=self.detection_transform(train),
+                                  classes=self.classes)
         except DatasetMissingError as err:
             raise DatasetMissingError(f"{err}\n{type(self).__name__} reads {self.devkit}, set by {self.source()}"
                                       + ("" if hp.download else "; set data.init_args.download true to fetch it")
@@ -419,6 +433,18 @@ class VOCDataModule(ShardedDataModule):
         if train:
             counts["difficult"] = ds.stats.get("difficult", 0)
         self.report_split(key, line, counts)
+
+    def detection_transform(self, train: bool) -> A.Compose | SSDAugment:
+        """Resize to ``min_size``/``max_size`` (+ flip at train), or SSD's fixed warp (+ its augmentation)."""
+        hp = self.hparams
+        if hp.fixed_size is None:
+            return resize_transform(hp.min_size, hp.max_size, hflip=hp.hflip if train else 0.0)
+        if train:
+            return SSDAugment(size=hp.fixed_size, photometric=hp.photometric, expand_ratio=hp.expand_ratio,
+                              crop=hp.iou_crop, crop_min_scale=hp.crop_min_scale, hflip=hp.hflip)
+        return A.Compose([A.Resize(hp.fixed_size, hp.fixed_size)],
+                         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "index"],
+                                                  min_area=0.0, clip=True))
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
