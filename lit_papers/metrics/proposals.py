@@ -1,0 +1,145 @@
+"""Class-agnostic object-proposal average recall (AR), as DeepMask / SharpMask report it on COCO (Pinheiro et al.
+2015, sec. 4; Hosang et al.'s AR: recall averaged over IoU 0.5:0.05:0.95), computed by pycocotools' ``COCOeval``
+with ``params.useCats = 0`` (every proposal may match every ground-truth object, whatever its category) and
+``params.maxDets = [10, 100, 1000]`` (AR@10 / AR@100 / AR@1000: each image's top-k proposals by score).
+
+``iscrowd`` ground truth is "ignore" inside COCOeval (a proposal on a crowd region is neither a hit nor a miss),
+objects outside an area range are ignored for that range (``small`` < 32^2 <= ``medium`` < 96^2 <= ``large``,
+COCO's ranges).
+
+AR is also a mean over objects: COCOeval's recall at threshold t is (objects matched at t) / (objects), so AR@k =
+mean over non-ignored objects of (fraction of the 10 thresholds at which the object is matched by one of its
+image's top-k proposals). COCOeval matches greedily in score order, so truncating to the top k never changes the
+matches of the first k: :func:`per_object_recall` reads those per-object values from ``evalImgs`` (computed once at
+the largest maxDet) and :func:`proposal_recall` returns, beside each AR, ``_n`` (objects) and ``_ci95`` (1.96 x
+standard error of that mean over objects; objects of one image are not independent, so it is optimistic).
+
+Records: ``{"image_id", "category_id" (any; ignored), "bbox": [x, y, w, h], "score"}`` (+ ``"segmentation"``
+compressed RLE for ``segm``), e.g. from :func:`lit_papers.metrics.coco_eval.detections_to_coco`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+MAX_DETS = (10, 100, 1000)
+AREAS = ("all", "small", "medium", "large")
+
+
+def run_cocoeval(coco_gt: COCO, records: list[dict], iou_type: str, image_ids: Iterable[int],
+                 max_dets: Sequence[int] = MAX_DETS) -> COCOeval:
+    """COCOeval with ``useCats = 0`` and ``maxDets = max_dets``, evaluated and accumulated (quiet). Every record's
+    ``category_id`` is set to the ground truth's first category: with ``useCats = 0`` COCOeval still collects
+    proposals per category of ``params.catIds`` and silently drops any whose id is not among them."""
+    first = sorted(coco_gt.getCatIds())[0]
+    records = [{**r, "category_id": first} for r in records]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(records))  # loadRes mutates records
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.imgIds = sorted(set(int(i) for i in image_ids))
+        ev.params.useCats = 0
+        ev.params.maxDets = sorted(int(m) for m in max_dets)
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
+def per_object_recall(ev: COCOeval, area: str = "all") -> np.ndarray:
+    """From an evaluated COCOeval: (G, M) = fraction of the IoU thresholds at which
+    each non-ignored object of area range ``area`` is matched by one of its image's top-``maxDets[m]`` proposals."""
+    p = ev.params
+    a = p.areaRngLbl.index(area)
+    max_dets = list(p.maxDets)
+    rows = []
+    for e in ev.evalImgs:
+        if e is None or e["aRng"] != p.areaRng[a]:
+            continue
+        keep = ~np.asarray(e["gtIgnore"], dtype=bool)  # (G_img,)
+        if not keep.any():
+            continue
+        rank = {int(d): float(r) for r, d in enumerate(e["dtIds"])}  # dtIds are in score order
+        matches = np.asarray(e["gtMatches"])[:, keep]  # (T, G) matched dt id or 0
+        ranks = np.array([[rank.get(int(d), math.inf) for d in row] for row in matches]).reshape(matches.shape)
+        rows.append(np.stack([(ranks < m).mean(axis=0) for m in max_dets], axis=1))  # (G, M)
+    return np.concatenate(rows) if rows else np.zeros((0, len(max_dets)))
+
+
+def proposal_recall(coco_gt: COCO, records: list[dict], iou_type: str, image_ids: Iterable[int] | None = None,
+                    max_dets: Sequence[int] = MAX_DETS, areas: Sequence[str] = AREAS) -> dict[str, float]:
+    """``{"AR{k}" (area all), "AR{k}_{small|medium|large}", each with "_n" and "_ci95"}`` for every k in
+    ``max_dets``; recall in [0, 1]. Images without proposals count their objects as misses. An area range with no
+    object gives AR -1 (as COCOeval), n 0, ci95 0."""
+    ids = sorted(set(int(i) for i in image_ids)) if image_ids is not None else sorted(coco_gt.getImgIds())
+    if iou_type == "segm":
+        records = [r for r in records if "segmentation" in r]
+    out: dict[str, float] = {}
+    if not records:  # loadRes refuses an empty list: every object is missed
+        for area in areas:
+            n = _count_objects(coco_gt, ids, area)
+            for k in max_dets:
+                key = f"AR{k}" + ("" if area == "all" else f"_{area}")
+                out[key], out[f"{key}_n"], out[f"{key}_ci95"] = (0.0 if n else -1.0), float(n), 0.0
+        return out
+    ev = run_cocoeval(coco_gt, records, iou_type, ids, max_dets)
+    for area in areas:
+        recall = per_object_recall(ev, area)
+        for m, k in enumerate(ev.params.maxDets):
+            key = f"AR{k}" + ("" if area == "all" else f"_{area}")
+            n = len(recall)
+            out[key] = float(recall[:, m].mean()) if n else -1.0
+            out[f"{key}_n"] = float(n)
+            out[f"{key}_ci95"] = float(1.959963984540054 * recall[:, m].std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return out
+
+
+def _count_objects(coco_gt: COCO, ids: list[int], area: str) -> int:
+    lo, hi = {"all": (0, 1e10), "small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, 1e10)}[area]
+    anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids))
+    return sum(1 for a in anns if not a.get("iscrowd", 0) and lo <= a["area"] <= hi)
+
+
+def recall_from_cocoeval(ev: COCOeval, area: str = "all") -> dict[int, float]:
+    """{maxDet: AR} straight from COCOeval's accumulated ``eval['recall']`` (T, K, A, M) (the oracle the per-object
+    version is tested against): the mean over thresholds of the recall, -1 entries (no object) excluded."""
+    a = ev.params.areaRngLbl.index(area)
+    recall = ev.eval["recall"][:, :, a, :]  # (T, K, M)
+    out = {}
+    for m, k in enumerate(ev.params.maxDets):
+        r = recall[:, :, m]
+        out[int(k)] = float(r[r > -1].mean()) if (r > -1).any() else -1.0
+    return out
+
+
+class ProposalEvaluator:
+    """Accumulates proposal records per image; :meth:`compute` gives ``{"box": {...}, "segm": {...}}`` of
+    :func:`proposal_recall`. Under DDP call :meth:`gather` first (records keyed by image id)."""
+
+    def __init__(self, coco_gt: COCO, iou_types: Sequence[str] = ("bbox", "segm"),
+                 max_dets: Sequence[int] = MAX_DETS) -> None:
+        self.coco_gt, self.iou_types, self.max_dets = coco_gt, tuple(iou_types), tuple(max_dets)
+        self.results: dict[int, list[dict]] = {}
+
+    def update(self, image_id: int, records: list[dict]) -> None:
+        self.results[int(image_id)] = list(records)
+
+    def gather(self) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.results)
+        self.results = {k: v for part in parts for k, v in (part or {}).items()}
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        records = [r for i in sorted(self.results) for r in self.results[i]]
+        return {t: proposal_recall(self.coco_gt, records, t, self.results.keys(), self.max_dets)
+                for t in self.iou_types}
