@@ -1,0 +1,163 @@
+"""DeepMaskLitModule: the joint training objective of Pinheiro et al. 2015 (sec. 3.2) and the class-agnostic
+proposal evaluation of sec. 4 (average recall of segments and boxes on COCO-format data).
+
+Loss (sec. 3.2, eq. 1), for a batch of triplets (x_k, m_k, y_k), y_k in {+1, -1}:
+
+    L = sum_k [ (1 + y_k) / (2 w° h°) sum_ij log(1 + exp(-m_k^ij f_segm^ij(x_k)))  +  lambda log(1 + exp(-y_k f_score(x_k))) ]
+
+i.e. the mean per-pixel logistic loss of the mask, counted *only on positive patches*, plus lambda times the
+patch's logistic objectness loss; lambda = 1/32 ("Implementation details"; ``score_weight``). Here both terms are
+divided by the batch size (the ratio, which is what lambda sets, is unchanged). Mask targets at another
+resolution than the network's ``w° x h°`` output are met by upsampling the logits bilinearly (the recipes give the
+target at the output's 56 x 56, as in the paper).
+
+Evaluation (val / test): every whole image of the split goes through :meth:`DeepMask.propose` (multi-scale
+sliding windows, top ``max_proposals``), and :class:`~lit_papers.metrics.proposals.ProposalEvaluator` gives
+class-agnostic AR@10 / 100 / 1000 for segments and boxes and AR by object size. Logged ``<stage>/segm_AR100``,
+``<stage>/box_AR10``, ``<stage>/segm_AR100_small`` ... each with ``_n`` (objects) and ``_ci95``, plus
+``<stage>/seconds_per_image`` (proposal time per image on the evaluating device). The first images' top proposals
+are kept in ``example_predictions`` for :class:`~lit_papers.papers.deepmask.pictures.ProposalPictures`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from lit_papers.metrics.coco_eval import detections_to_coco
+from lit_papers.metrics.proposals import ProposalEvaluator
+from lit_papers.schedules import optimizer_config
+
+IOU_NAMES = {"bbox": "box", "segm": "segm"}
+
+
+def deepmask_loss(mask_logits: torch.Tensor, score_logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                  *, score_weight: float) -> dict[str, torch.Tensor]:
+    """Eq. 1 divided by the batch size. ``mask_logits`` (B, h, w), ``score_logits`` (B,), ``masks`` (B, H, W) in
+    {0, 1}, ``labels`` (B,) 1 = positive / 0 = negative -> {"loss", "loss_mask", "loss_score"}. The {0, 1} targets
+    with ``binary_cross_entropy_with_logits`` are exactly log(1 + exp(-y f)) with y in {+1, -1}."""
+    if mask_logits.shape[-2:] != masks.shape[-2:]:
+        mask_logits = F.interpolate(mask_logits[:, None], size=masks.shape[-2:], mode="bilinear",
+                                    align_corners=False)[:, 0]
+    per_patch = F.binary_cross_entropy_with_logits(mask_logits.float(), masks.float(), reduction="none")
+    loss_mask = (per_patch.flatten(1).mean(1) * labels).sum() / len(labels)  # (1 + y) / 2 = 1 on positives only
+    loss_score = F.binary_cross_entropy_with_logits(score_logits.float(), labels.float())
+    return {"loss": loss_mask + score_weight * loss_score, "loss_mask": loss_mask, "loss_score": loss_score}
+
+
+class DeepMaskLitModule(L.LightningModule):
+    def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None = None,
+                 score_weight: float = 1 / 32, scales: list[float] = (0.25, 0.354, 0.5, 0.707, 1.0, 1.414, 2.0),
+                 max_proposals: int = 1000, mask_threshold: float = 0.2, nms_iou: float | None = None,
+                 max_dets: tuple[int, ...] = (10, 100, 1000), max_pictures: int = 4, picture_top: int = 5) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.evaluator: ProposalEvaluator | None = None
+        self.example_predictions: dict | None = None
+        self._seconds, self._images = 0.0, 0
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        patches, masks, labels = batch
+        mask_logits, score_logits = self.model(patches)
+        return deepmask_loss(mask_logits, score_logits, masks, labels, score_weight=self.hparams.score_weight)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch)
+        for name, value in out.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch[2]))
+        self.log("train/positive_fraction", batch[2].float().mean(), batch_size=len(batch[2]))
+        return out["loss"]
+
+    # -- proposals -----------------------------------------------------------------------------------------------
+    def propose(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        return self.model.propose(image, scales=list(hp.scales), max_proposals=hp.max_proposals,
+                                  mask_threshold=hp.mask_threshold, nms_iou=hp.nms_iou)
+
+    def proposal_sets(self, image: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """{name: proposals} evaluated for one image; the first is the paper's (SharpMask adds its coarse ones)."""
+        return {"": self.propose(image)}
+
+    def _start_eval(self, stage: str) -> None:
+        coco = self.trainer.datamodule.eval_dataset(stage).coco
+        self.evaluators = {}
+        self._coco = coco
+        self.example_predictions = None
+        self._seconds, self._images = 0.0, 0
+
+    def _eval_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        for image, target in zip(images, targets):
+            start = time.perf_counter()
+            sets = self.proposal_sets(image)
+            if image.is_cuda:
+                torch.cuda.synchronize()
+            self._seconds += time.perf_counter() - start
+            self._images += 1
+            for name, props in sets.items():
+                if name not in self.evaluators:
+                    self.evaluators[name] = ProposalEvaluator(self._coco, max_dets=self.hparams.max_dets)
+                ones = torch.ones(len(props["scores"]), dtype=torch.long)
+                self.evaluators[name].update(target["image_id"], detections_to_coco(
+                    target["image_id"], props["boxes"], props["scores"], ones, [1], props["masks"]))
+            self._keep_example(image, sets)
+
+    def _keep_example(self, image: torch.Tensor, sets: dict) -> None:
+        k, top = self.hparams.max_pictures, self.hparams.picture_top
+        if self.example_predictions is None:
+            self.example_predictions = {"images": [], "panels": {n or type(self.model).__name__: [] for n in sets}}
+        ex = self.example_predictions
+        if len(ex["images"]) < k:
+            ex["images"].append(image.cpu())
+            for name, props in sets.items():
+                ex["panels"][name or type(self.model).__name__].append(props["masks"][:top].cpu())
+
+    def _end_eval(self, stage: str) -> None:
+        lines = []
+        for name, evaluator in self.evaluators.items():
+            evaluator.gather()
+            prefix = f"{name}_" if name else ""
+            for iou_type, metrics in evaluator.compute().items():
+                for key, value in metrics.items():
+                    self.log(f"{stage}/{prefix}{IOU_NAMES[iou_type]}_{key}", float(value), rank_zero_only=True,
+                             prog_bar=key == "AR100" and iou_type == "segm" and not name)
+                ks = "/".join(str(k) for k in self.hparams.max_dets)
+                lines.append(f"{prefix}{IOU_NAMES[iou_type]} AR@{ks} = " + " / ".join(
+                    f"{metrics.get(f'AR{k}', -1):.3f}" for k in self.hparams.max_dets))
+        if self._images:
+            self.log(f"{stage}/seconds_per_image", self._seconds / self._images, rank_zero_only=True)
+        if not self.trainer.sanity_checking:
+            rank_zero_info(f"[{stage}] step {self.global_step}: " + "; ".join(lines)
+                           + f"; {self._seconds / max(self._images, 1):.3f} s/image")
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return optimizer_config(self.optimizer_factory(params), self.scheduler_factory)
