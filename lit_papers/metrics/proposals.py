@@ -143,3 +143,47 @@ class ProposalEvaluator:
         records = [r for i in sorted(self.results) for r in self.results[i]]
         return {t: proposal_recall(self.coco_gt, records, t, self.results.keys(), self.max_dets)
                 for t in self.iou_types}
+
+
+class ProposalSets:
+    """Evaluates several named sets of proposals of the same images at once (SharpMask's refined masks and the
+    coarse DeepMask masks of the same windows): :meth:`update` takes ``{name: {"boxes" (N, 4) xyxy, "scores" (N,),
+    "masks" (N, H, W) bool}}`` per image; :meth:`compute` returns flat ``{"<name>_<box|segm>_<AR key>": value}``
+    (no prefix for the name ``""``), keys as :func:`proposal_recall`'s. The first ``keep_images`` images and the
+    ``keep_top`` best masks of each set are kept in :attr:`examples` (``{"images": [...], "panels": {name: [...]}}``,
+    the set ``""`` named ``default_name``) for pictures."""
+
+    NAMES = {"bbox": "box", "segm": "segm"}
+
+    def __init__(self, coco_gt: COCO, max_dets: Sequence[int] = MAX_DETS, *, keep_images: int = 0, keep_top: int = 5,
+                 default_name: str = "proposals") -> None:
+        self.coco_gt, self.max_dets = coco_gt, tuple(max_dets)
+        self.evaluators: dict[str, ProposalEvaluator] = {}
+        self.keep_images, self.keep_top, self.default_name = keep_images, keep_top, default_name
+        self.examples: dict = {"images": [], "panels": {}}
+
+    def update(self, image_id: int, sets: dict[str, dict], image=None) -> None:
+        import torch
+
+        from lit_papers.metrics.coco_eval import detections_to_coco
+
+        if image is not None and len(self.examples["images"]) < self.keep_images:
+            self.examples["images"].append(image.detach().cpu())
+            for name, props in sets.items():
+                self.examples["panels"].setdefault(name or self.default_name, []).append(
+                    props["masks"][: self.keep_top].cpu())
+        for name, props in sets.items():
+            if name not in self.evaluators:
+                self.evaluators[name] = ProposalEvaluator(self.coco_gt, max_dets=self.max_dets)
+            ones = torch.ones(len(props["scores"]), dtype=torch.long)
+            self.evaluators[name].update(image_id, detections_to_coco(image_id, props["boxes"], props["scores"], ones,
+                                                                      [1], props["masks"]))
+
+    def compute(self) -> dict[str, float]:
+        out = {}
+        for name, evaluator in self.evaluators.items():
+            evaluator.gather()
+            for iou_type, metrics in evaluator.compute().items():
+                prefix = f"{name}_" if name else ""
+                out.update({f"{prefix}{self.NAMES[iou_type]}_{k}": v for k, v in metrics.items()})
+        return out

@@ -213,6 +213,11 @@ class DeepMask(nn.Module):
                                 mask_threshold=mask_threshold, nms_iou=nms_iou)
 
 
+    def propose_sets(self, image: torch.Tensor, **kwargs) -> dict[str, dict[str, torch.Tensor]]:
+        """The proposal sets evaluated for one image: ``{"": self.propose(image, **kwargs)}``."""
+        return {"": self.propose(image, **kwargs)}
+
+
 def finish_proposals(probs: torch.Tensor, windows: torch.Tensor, scores: torch.Tensor, size, *,
                      mask_threshold: float, nms_iou: float | None) -> dict[str, torch.Tensor]:
     """Window mask probabilities (N, m, m) pasted into the image (``size`` (H, W)) and binarised; boxes = the

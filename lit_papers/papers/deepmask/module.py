@@ -12,7 +12,7 @@ resolution than the network's ``w° x h°`` output are met by upsampling the log
 target at the output's 56 x 56, as in the paper).
 
 Evaluation (val / test): every whole image of the split goes through :meth:`DeepMask.propose` (multi-scale
-sliding windows, top ``max_proposals``), and :class:`~lit_papers.metrics.proposals.ProposalEvaluator` gives
+sliding windows, top ``max_proposals``), and :class:`~lit_papers.metrics.proposals.ProposalSets` gives
 class-agnostic AR@10 / 100 / 1000 for segments and boxes and AR by object size. Logged ``<stage>/segm_AR100``,
 ``<stage>/box_AR10``, ``<stage>/segm_AR100_small`` ... each with ``_n`` (objects) and ``_ci95``, plus
 ``<stage>/seconds_per_image`` (proposal time per image on the evaluating device). The first images' top proposals
@@ -30,11 +30,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lit_papers.metrics.coco_eval import detections_to_coco
-from lit_papers.metrics.proposals import ProposalEvaluator
+from lit_papers.metrics.proposals import ProposalSets
 from lit_papers.schedules import optimizer_config
-
-IOU_NAMES = {"bbox": "box", "segm": "segm"}
 
 
 def deepmask_loss(mask_logits: torch.Tensor, score_logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
@@ -61,7 +58,7 @@ class DeepMaskLitModule(L.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.evaluator: ProposalEvaluator | None = None
+        self.evaluator: ProposalSets | None = None
         self.example_predictions: dict | None = None
         self._seconds, self._images = 0.0, 0
 
@@ -79,20 +76,18 @@ class DeepMaskLitModule(L.LightningModule):
         return out["loss"]
 
     # -- proposals -----------------------------------------------------------------------------------------------
-    def propose(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        hp = self.hparams
-        return self.model.propose(image, scales=list(hp.scales), max_proposals=hp.max_proposals,
-                                  mask_threshold=hp.mask_threshold, nms_iou=hp.nms_iou)
-
     def proposal_sets(self, image: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        """{name: proposals} evaluated for one image; the first is the paper's (SharpMask adds its coarse ones)."""
-        return {"": self.propose(image)}
+        """{name: proposals} of one image from ``model.propose_sets`` (DeepMask: one set named "")."""
+        hp = self.hparams
+        return self.model.propose_sets(image, scales=list(hp.scales), max_proposals=hp.max_proposals,
+                                       mask_threshold=hp.mask_threshold, nms_iou=hp.nms_iou)
 
     def _start_eval(self, stage: str) -> None:
-        coco = self.trainer.datamodule.eval_dataset(stage).coco
-        self.evaluators = {}
-        self._coco = coco
-        self.example_predictions = None
+        hp = self.hparams
+        self.evaluator = ProposalSets(self.trainer.datamodule.eval_dataset(stage).coco, max_dets=hp.max_dets,
+                                      keep_images=hp.max_pictures, keep_top=hp.picture_top,
+                                      default_name=type(self.model).__name__)
+        self.example_predictions = self.evaluator.examples
         self._seconds, self._images = 0.0, 0
 
     def _eval_step(self, batch, batch_idx: int) -> None:
@@ -104,41 +99,19 @@ class DeepMaskLitModule(L.LightningModule):
                 torch.cuda.synchronize()
             self._seconds += time.perf_counter() - start
             self._images += 1
-            for name, props in sets.items():
-                if name not in self.evaluators:
-                    self.evaluators[name] = ProposalEvaluator(self._coco, max_dets=self.hparams.max_dets)
-                ones = torch.ones(len(props["scores"]), dtype=torch.long)
-                self.evaluators[name].update(target["image_id"], detections_to_coco(
-                    target["image_id"], props["boxes"], props["scores"], ones, [1], props["masks"]))
-            self._keep_example(image, sets)
-
-    def _keep_example(self, image: torch.Tensor, sets: dict) -> None:
-        k, top = self.hparams.max_pictures, self.hparams.picture_top
-        if self.example_predictions is None:
-            self.example_predictions = {"images": [], "panels": {n or type(self.model).__name__: [] for n in sets}}
-        ex = self.example_predictions
-        if len(ex["images"]) < k:
-            ex["images"].append(image.cpu())
-            for name, props in sets.items():
-                ex["panels"][name or type(self.model).__name__].append(props["masks"][:top].cpu())
+            self.evaluator.update(target["image_id"], sets, image)
 
     def _end_eval(self, stage: str) -> None:
-        lines = []
-        for name, evaluator in self.evaluators.items():
-            evaluator.gather()
-            prefix = f"{name}_" if name else ""
-            for iou_type, metrics in evaluator.compute().items():
-                for key, value in metrics.items():
-                    self.log(f"{stage}/{prefix}{IOU_NAMES[iou_type]}_{key}", float(value), rank_zero_only=True,
-                             prog_bar=key == "AR100" and iou_type == "segm" and not name)
-                ks = "/".join(str(k) for k in self.hparams.max_dets)
-                lines.append(f"{prefix}{IOU_NAMES[iou_type]} AR@{ks} = " + " / ".join(
-                    f"{metrics.get(f'AR{k}', -1):.3f}" for k in self.hparams.max_dets))
-        if self._images:
-            self.log(f"{stage}/seconds_per_image", self._seconds / self._images, rank_zero_only=True)
+        metrics = self.evaluator.compute()
+        for key, value in metrics.items():
+            self.log(f"{stage}/{key}", float(value), rank_zero_only=True, prog_bar=key == "segm_AR100")
+        seconds = self._seconds / max(self._images, 1)
+        self.log(f"{stage}/seconds_per_image", seconds, rank_zero_only=True)
         if not self.trainer.sanity_checking:
-            rank_zero_info(f"[{stage}] step {self.global_step}: " + "; ".join(lines)
-                           + f"; {self._seconds / max(self._images, 1):.3f} s/image")
+            ks = self.hparams.max_dets
+            rank_zero_info(f"[{stage}] step {self.global_step}: " + "; ".join(
+                f"{key} AR@{'/'.join(map(str, ks))} = " + " / ".join(f"{metrics[f'{key}_AR{k}']:.3f}" for k in ks)
+                for key in sorted({k.rsplit("_AR", 1)[0] for k in metrics})) + f"; {seconds:.3f} s/image")
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval("val")
