@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import math
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -187,3 +188,63 @@ class ProposalSets:
                 prefix = f"{name}_" if name else ""
                 out.update({f"{prefix}{self.NAMES[iou_type]}_{k}": v for k, v in metrics.items()})
         return out
+
+
+class ProposalEvaluationMixin:
+    """The validation / test hooks of a LightningModule that evaluates proposals (DeepMask, SharpMask): every
+    whole image of the datamodule's ``eval_dataset(stage)`` goes through ``self.proposal_sets(image)`` (timed), the
+    sets are scored by :class:`ProposalSets` and logged as ``<stage>/<key>`` plus ``<stage>/seconds_per_image``;
+    the kept examples are ``self.example_predictions`` (for the proposal pictures). Needs ``hparams.max_dets``,
+    ``hparams.max_pictures``, ``hparams.picture_top``. (Lightning machinery shared by two papers; it imports no
+    Lightning itself.)"""
+
+    def _start_eval(self, stage: str) -> None:
+        hp = self.hparams
+        self.evaluator = ProposalSets(self.trainer.datamodule.eval_dataset(stage).coco, max_dets=hp.max_dets,
+                                      keep_images=hp.max_pictures, keep_top=hp.picture_top,
+                                      default_name=type(self.model).__name__)
+        self.example_predictions = self.evaluator.examples
+        self._seconds, self._images = 0.0, 0
+
+    def _eval_step(self, batch, batch_idx: int) -> None:
+        import torch
+
+        images, targets = batch
+        for image, target in zip(images, targets):
+            start = time.perf_counter()
+            sets = self.proposal_sets(image)
+            if image.is_cuda:
+                torch.cuda.synchronize()
+            self._seconds += time.perf_counter() - start
+            self._images += 1
+            self.evaluator.update(target["image_id"], sets, image)
+
+    def _end_eval(self, stage: str) -> None:
+        metrics = self.evaluator.compute()
+        for key, value in metrics.items():
+            self.log(f"{stage}/{key}", float(value), rank_zero_only=True, prog_bar=key == "segm_AR100")
+        seconds = self._seconds / max(self._images, 1)
+        self.log(f"{stage}/seconds_per_image", seconds, rank_zero_only=True)
+        if not self.trainer.sanity_checking and self.global_rank == 0:
+            ks = self.hparams.max_dets
+            print(f"[{stage}] step {self.global_step}: " + "; ".join(
+                f"{key} AR@{'/'.join(map(str, ks))} = " + " / ".join(f"{metrics[f'{key}_AR{k}']:.3f}" for k in ks)
+                for key in sorted({k.rsplit("_AR", 1)[0] for k in metrics})) + f"; {seconds:.3f} s/image")
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")

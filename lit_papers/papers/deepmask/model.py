@@ -213,6 +213,8 @@ class DeepMask(nn.Module):
                                 mask_threshold=mask_threshold, nms_iou=nms_iou)
 
 
+    finish = staticmethod(lambda *a, **k: finish_proposals(*a, **k))  # for models that wrap a DeepMask (SharpMask)
+
     def propose_sets(self, image: torch.Tensor, **kwargs) -> dict[str, dict[str, torch.Tensor]]:
         """The proposal sets evaluated for one image: ``{"": self.propose(image, **kwargs)}``."""
         return {"": self.propose(image, **kwargs)}

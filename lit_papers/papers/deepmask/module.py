@@ -21,16 +21,13 @@ are kept in ``example_predictions`` for :class:`~lit_papers.papers.deepmask.pict
 
 from __future__ import annotations
 
-import time
-
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lit_papers.metrics.proposals import ProposalSets
+from lit_papers.metrics.proposals import ProposalEvaluationMixin, ProposalSets
 from lit_papers.schedules import optimizer_config
 
 
@@ -48,7 +45,7 @@ def deepmask_loss(mask_logits: torch.Tensor, score_logits: torch.Tensor, masks: 
     return {"loss": loss_mask + score_weight * loss_score, "loss_mask": loss_mask, "loss_score": loss_score}
 
 
-class DeepMaskLitModule(L.LightningModule):
+class DeepMaskLitModule(ProposalEvaluationMixin, L.LightningModule):
     def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None = None,
                  score_weight: float = 1 / 32, scales: list[float] = (0.25, 0.354, 0.5, 0.707, 1.0, 1.414, 2.0),
                  max_proposals: int = 1000, mask_threshold: float = 0.2, nms_iou: float | None = None,
@@ -81,55 +78,6 @@ class DeepMaskLitModule(L.LightningModule):
         hp = self.hparams
         return self.model.propose_sets(image, scales=list(hp.scales), max_proposals=hp.max_proposals,
                                        mask_threshold=hp.mask_threshold, nms_iou=hp.nms_iou)
-
-    def _start_eval(self, stage: str) -> None:
-        hp = self.hparams
-        self.evaluator = ProposalSets(self.trainer.datamodule.eval_dataset(stage).coco, max_dets=hp.max_dets,
-                                      keep_images=hp.max_pictures, keep_top=hp.picture_top,
-                                      default_name=type(self.model).__name__)
-        self.example_predictions = self.evaluator.examples
-        self._seconds, self._images = 0.0, 0
-
-    def _eval_step(self, batch, batch_idx: int) -> None:
-        images, targets = batch
-        for image, target in zip(images, targets):
-            start = time.perf_counter()
-            sets = self.proposal_sets(image)
-            if image.is_cuda:
-                torch.cuda.synchronize()
-            self._seconds += time.perf_counter() - start
-            self._images += 1
-            self.evaluator.update(target["image_id"], sets, image)
-
-    def _end_eval(self, stage: str) -> None:
-        metrics = self.evaluator.compute()
-        for key, value in metrics.items():
-            self.log(f"{stage}/{key}", float(value), rank_zero_only=True, prog_bar=key == "segm_AR100")
-        seconds = self._seconds / max(self._images, 1)
-        self.log(f"{stage}/seconds_per_image", seconds, rank_zero_only=True)
-        if not self.trainer.sanity_checking:
-            ks = self.hparams.max_dets
-            rank_zero_info(f"[{stage}] step {self.global_step}: " + "; ".join(
-                f"{key} AR@{'/'.join(map(str, ks))} = " + " / ".join(f"{metrics[f'{key}_AR{k}']:.3f}" for k in ks)
-                for key in sorted({k.rsplit("_AR", 1)[0] for k in metrics})) + f"; {seconds:.3f} s/image")
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_eval("val")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_eval("test")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval("test")
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
