@@ -74,10 +74,12 @@ def per_object_recall(ev: COCOeval, area: str = "all") -> np.ndarray:
 
 
 def proposal_recall(coco_gt: COCO, records: list[dict], iou_type: str, image_ids: Iterable[int] | None = None,
-                    max_dets: Sequence[int] = MAX_DETS, areas: Sequence[str] = AREAS) -> dict[str, float]:
+                    max_dets: Sequence[int] = MAX_DETS, areas: Sequence[str] = AREAS,
+                    objects: dict | None = None) -> dict[str, float]:
     """``{"AR{k}" (area all), "AR{k}_{small|medium|large}", each with "_n" and "_ci95"}`` for every k in
     ``max_dets``; recall in [0, 1]. Images without proposals count their objects as misses. An area range with no
-    object gives AR -1 (as COCOeval), n 0, ci95 0."""
+    object gives AR -1 (as COCOeval), n 0, ci95 0. ``objects``, if given, receives ``{key: per-object recall (G,)}``
+    (objects in COCOeval's order: the same for two proposal sets of the same images, so they can be paired)."""
     ids = sorted(set(int(i) for i in image_ids)) if image_ids is not None else sorted(coco_gt.getImgIds())
     if iou_type == "segm":
         records = [r for r in records if "segmentation" in r]
@@ -98,6 +100,8 @@ def proposal_recall(coco_gt: COCO, records: list[dict], iou_type: str, image_ids
             out[key] = float(recall[:, m].mean()) if n else -1.0
             out[f"{key}_n"] = float(n)
             out[f"{key}_ci95"] = float(1.959963984540054 * recall[:, m].std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+            if objects is not None:
+                objects[key] = recall[:, m]
     return out
 
 
@@ -140,17 +144,25 @@ class ProposalEvaluator:
         dist.all_gather_object(parts, self.results)
         self.results = {k: v for part in parts for k, v in (part or {}).items()}
 
-    def compute(self) -> dict[str, dict[str, float]]:
+    def compute(self, objects: dict | None = None) -> dict[str, dict[str, float]]:
+        """``objects``, if given, receives ``{iou_type: {key: per-object recall}}``."""
         records = [r for i in sorted(self.results) for r in self.results[i]]
-        return {t: proposal_recall(self.coco_gt, records, t, self.results.keys(), self.max_dets)
-                for t in self.iou_types}
+        out = {}
+        for t in self.iou_types:
+            per = {} if objects is not None else None
+            out[t] = proposal_recall(self.coco_gt, records, t, self.results.keys(), self.max_dets, objects=per)
+            if objects is not None:
+                objects[t] = per
+        return out
 
 
 class ProposalSets:
     """Evaluates several named sets of proposals of the same images at once (SharpMask's refined masks and the
     coarse DeepMask masks of the same windows): :meth:`update` takes ``{name: {"boxes" (N, 4) xyxy, "scores" (N,),
     "masks" (N, H, W) bool}}`` per image; :meth:`compute` returns flat ``{"<name>_<box|segm>_<AR key>": value}``
-    (no prefix for the name ``""``), keys as :func:`proposal_recall`'s. The first ``keep_images`` images and the
+    (no prefix for the name ``""``), keys as :func:`proposal_recall`'s; for every other set ``name`` also the paired
+    difference of the ``""`` set over it, object by object: ``gain_over_<name>_<box|segm>_AR<k>`` (+ ``_n``,
+    ``_ci95`` of the mean per-object difference). The first ``keep_images`` images and the
     ``keep_top`` best masks of each set are kept in :attr:`examples` (``{"images": [...], "panels": {name: [...]}}``,
     the set ``""`` named ``default_name``) for pictures."""
 
@@ -181,12 +193,27 @@ class ProposalSets:
                                                                       [1], props["masks"]))
 
     def compute(self) -> dict[str, float]:
-        out = {}
+        out, objects = {}, {}
         for name, evaluator in self.evaluators.items():
             evaluator.gather()
-            for iou_type, metrics in evaluator.compute().items():
+            objects[name] = {}
+            for iou_type, metrics in evaluator.compute(objects[name]).items():
                 prefix = f"{name}_" if name else ""
                 out.update({f"{prefix}{self.NAMES[iou_type]}_{k}": v for k, v in metrics.items()})
+        for name in objects:
+            if not name or "" not in objects:
+                continue
+            for iou_type, per in objects[""].items():
+                for key, ours in per.items():
+                    theirs = objects[name][iou_type][key]
+                    if len(ours) != len(theirs) or not len(ours):
+                        continue
+                    diff = ours - theirs
+                    out_key = f"gain_over_{name}_{self.NAMES[iou_type]}_{key}"
+                    out[out_key] = float(diff.mean())
+                    out[f"{out_key}_n"] = float(len(diff))
+                    out[f"{out_key}_ci95"] = (float(1.959963984540054 * diff.std(ddof=1) / math.sqrt(len(diff)))
+                                              if len(diff) > 1 else 0.0)
         return out
 
 

@@ -106,3 +106,30 @@ def test_no_proposals_means_zero_recall():
     gt = _gt({1: [([0, 0, 100, 100], 0)]})
     out = proposal_recall(gt, [], "segm")
     assert out["AR100"] == 0.0 and out["AR100_n"] == 1 and out["AR100_small"] == -1
+
+
+def test_named_sets_and_their_paired_gain():
+    import torch
+
+    from lit_papers.metrics.proposals import ProposalSets
+
+    gt = _gt({1: [([0, 0, 100, 100], 0), ([120, 120, 40, 40], 0)]})
+
+    def props(boxes, scores):
+        masks = torch.zeros(len(boxes), 200, 200, dtype=torch.bool)
+        for i, (x, y, w, h) in enumerate(boxes):
+            masks[i, y:y + h, x:x + w] = True
+        xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32)
+        return {"boxes": xyxy, "scores": torch.tensor(scores), "masks": masks}
+
+    sets = ProposalSets(gt, max_dets=(10,), keep_images=1, keep_top=1, default_name="refined")
+    sets.update(1, {"": props([(0, 0, 90, 100), (120, 120, 40, 40)], [0.9, 0.8]),  # IoU 0.9 and 1.0
+                    "coarse": props([(0, 0, 60, 100), (120, 120, 24, 40)], [0.9, 0.8])},  # IoU 0.6 and 0.6
+                image=torch.zeros(3, 200, 200))
+    out = sets.compute()
+    assert out["segm_AR10"] == pytest.approx((0.9 + 1.0) / 2) and out["coarse_segm_AR10"] == pytest.approx(0.3)
+    assert out["gain_over_coarse_segm_AR10"] == pytest.approx((0.9 - 0.3 + 1.0 - 0.3) / 2)
+    assert out["gain_over_coarse_segm_AR10_n"] == 2
+    assert out["gain_over_coarse_box_AR10_ci95"] == pytest.approx(1.959963984540054 * np.std([0.6, 0.7], ddof=1)
+                                                                 / np.sqrt(2))
+    assert list(sets.examples["panels"]) == ["refined", "coarse"] and sets.examples["panels"]["coarse"][0].shape[0] == 1
