@@ -2,7 +2,7 @@
 ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``, same input size, batch and number of classes.
 
     python tests/benchmarks/mask_rcnn_step.py [--size 384] [--batch 2] [--rounds 7] [--device cpu|cuda]
-    python tests/benchmarks/mask_rcnn_step.py --profile          # torch.profiler table of OUR inference
+    python tests/benchmarks/mask_rcnn_step.py --profile --rounds 3   # where the time goes, ours vs torchvision
     GPU:  python tests/benchmarks/mask_rcnn_step.py --device cuda --size 800 --rounds 20 --warmup 3
 
 Timing is **interleaved** so that machine load cannot fake a ratio: both models live in one process and, in
@@ -182,17 +182,121 @@ def loader_speed(args) -> dict:
     return {"coco_loader_images_per_s": round(n / (time.perf_counter() - t0), 2), "workers": args.workers}
 
 
-def profile(args) -> str:
+# The stages compared in ``--profile``: (ours, torchvision) module paths ("a+b": the sum of both modules' times;
+# "@a.b": the method b of submodule a, for work that is not a module's forward); each pair does the same computation.
+STAGES = (
+    ("normalise + pad (torchvision: + resize)", "@batch_images", "transform"),
+    ("backbone + FPN", "features", "backbone"),
+    ("RPN", "rpn", "rpn"),
+    ("RoI heads (all)", "roi_heads", "roi_heads"),
+    ("  box RoIAlign", "roi_heads.box_roi_pool", "roi_heads.box_roi_pool"),
+    ("  box head (fc6/fc7)", "roi_heads.box_head", "roi_heads.box_head"),
+    ("  mask RoIAlign", "roi_heads.mask_branch.pooler", "roi_heads.mask_roi_pool"),
+    ("  mask head (convs, deconv, logits)", "roi_heads.mask_branch.head", "roi_heads.mask_head+roi_heads.mask_predictor"),
+    ("postprocess (box rescale, mask paste)", "@postprocess", "@transform.postprocess"),
+)
+
+
+def stage_timers(model: torch.nn.Module, paths: list[str], sync) -> dict[str, list[float]]:
+    """Hooks that append each listed submodule's forward wall time (s) to ``times[key]`` ("a+b": both modules'
+    times under one key; "@a.b": a wrapper around the method ``b`` of submodule ``a``)."""
+    times: dict[str, list[float]] = {key: [] for key in paths}
+    for key, path in ((k, part) for k in paths for part in k.split("+")):
+        if path.startswith("@"):
+            owner, _, name = path[1:].rpartition(".")
+            module = model.get_submodule(owner)
+            method = getattr(module, name)
+
+            def timed(*args, method=method, key=key, **kwargs):
+                sync()
+                t = time.perf_counter()
+                out = method(*args, **kwargs)
+                sync()
+                times[key].append(time.perf_counter() - t)
+                return out
+
+            setattr(module, name, timed)
+            continue
+        module = model.get_submodule(path)
+        start: list[float] = []
+
+        def pre(_m, _a, start=start):
+            sync()
+            start.append(time.perf_counter())
+
+        def post(_m, _a, _o, key=key, start=start):
+            sync()
+            times[key].append(time.perf_counter() - start.pop())
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+    return times
+
+
+def profile(args) -> None:
+    """Where the time goes, ours against torchvision, measured interleaved like the ratios (same weights, same
+    inputs, alternating order per round): (1) forward wall time of each stage (module forward hooks), median over
+    rounds, for the training step's forward and for inference, with the whole step (training: forward + backward
+    + SGD step) beside it; (2) torch.profiler self CPU time per op for one training step and one inference of
+    each model, the ops sorted by how much more time ours spends in them. Prints markdown tables."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    runner = Runner(args.profile_model, args)
-    runner.infer()  # warm-up
+    runners = {w: Runner(w, args) for w in ("ours", "torchvision")}
+    col = {"ours": 1, "torchvision": 2}
+    timers = {w: stage_timers(r.model, [s[col[w]] for s in STAGES], r.sync) for w, r in runners.items()}
+    totals = {w: {"train": [], "infer": []} for w in runners}
+    stage = {w: {"train": {s[0]: [] for s in STAGES}, "infer": {s[0]: [] for s in STAGES}} for w in runners}
+    for r in range(args.warmup + args.rounds):
+        order = ("ours", "torchvision") if r % 2 == 0 else ("torchvision", "ours")
+        for kind in ("train", "infer"):
+            for w in order:
+                for times in timers[w].values():
+                    times.clear()
+                t = runners[w].train_step() if kind == "train" else runners[w].infer()
+                if r < args.warmup:
+                    continue
+                totals[w][kind].append(t)
+                for name, *paths in STAGES:
+                    stage[w][kind][name].append(sum(timers[w][paths[col[w] - 1]]))
+    med = statistics.median
+    lines = [f"stage forward wall time, median of {args.rounds} interleaved rounds (s), {args.device}, "
+             f"{args.size} px, batch {args.batch}, {torch.get_num_threads()} thread(s), "
+             f"load average {os.getloadavg()[0]:.1f}", "",
+             "| stage | train: ours | train: torchvision | ratio | inference: ours | inference: torchvision | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [("whole step (train: fwd + bwd + SGD)", {w: {k: totals[w][k] for k in totals[w]} for w in runners})]
+    rows += [(name, {w: {k: stage[w][k][name] for k in ("train", "infer")} for w in runners}) for name, *_ in STAGES]
+    for name, t in rows:
+        cells = []
+        for kind in ("train", "infer"):
+            a, b = med(t["ours"][kind]), med(t["torchvision"][kind])
+            cells += [f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}" if b > 0 else "-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n".join(lines), flush=True)  # the stage table survives a run cut short during the op profiles
+    lines = []
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-    with torch_profile(activities=activities, record_shapes=False) as prof:
-        runner.infer()
-    sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=args.profile_rows)
+    for kind in ("train", "infer"):
+        self_us: dict[str, dict[str, float]] = {}
+        calls: dict[str, dict[str, int]] = {}
+        for w in ("torchvision", "ours") if kind == "train" else ("ours", "torchvision"):
+            with torch_profile(activities=activities, record_shapes=False) as prof:
+                runners[w].train_step() if kind == "train" else runners[w].infer()
+            for e in prof.key_averages():
+                self_us.setdefault(e.key, {})[w] = e.self_device_time_total if args.device == "cuda" else e.self_cpu_time_total
+                calls.setdefault(e.key, {})[w] = e.count
+        total = {w: sum(v.get(w, 0.0) for v in self_us.values()) for w in runners}
+        lines += ["", f"torch.profiler self {'CUDA' if args.device == 'cuda' else 'CPU'} time per op, one "
+                  f"{'training step' if kind == 'train' else 'inference'} each (ms; total ours "
+                  f"{total['ours'] / 1e3:.0f}, torchvision {total['torchvision'] / 1e3:.0f}); the "
+                  f"{args.profile_rows} ops with the largest |ours - torchvision|", "",
+                  "| op | ours ms | calls | torchvision ms | calls | ours - torchvision ms |", "|---|---|---|---|---|---|"]
+        diff = sorted(self_us, key=lambda k: -abs(self_us[k].get("ours", 0.0) - self_us[k].get("torchvision", 0.0)))
+        for key in diff[:args.profile_rows]:
+            a, b = self_us[key].get("ours", 0.0) / 1e3, self_us[key].get("torchvision", 0.0) / 1e3
+            lines.append(f"| `{key}` | {a:.1f} | {calls[key].get('ours', 0)} | {b:.1f} | "
+                         f"{calls[key].get('torchvision', 0)} | {a - b:+.1f} |")
+    print("\n".join(lines), flush=True)
 
 
 def main() -> None:
@@ -204,9 +308,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--memory-only", action="store_true")
-    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one inference and exit")
-    p.add_argument("--profile-rows", type=int, default=20)
-    p.add_argument("--profile-model", choices=["ours", "torchvision"], default="ours")
+    p.add_argument("--profile", action="store_true",
+                   help="print per-stage and per-op tables, ours vs torchvision (interleaved), and exit")
+    p.add_argument("--profile-rows", type=int, default=15)
     p.add_argument("--loader", action="store_true", help="also time the COCO loader (800 px, augmentation)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--memory-of", choices=["ours", "torchvision"], help=argparse.SUPPRESS)
@@ -215,7 +319,7 @@ def main() -> None:
         print(peak_memory_child(args.memory_of, args))
         return
     if args.profile:
-        print(profile(args))
+        profile(args)
         return
     if args.memory_only:
         print(json.dumps({"device": args.device, "size": args.size, "batch": args.batch, **peak_memory(args)}, indent=2))
