@@ -81,16 +81,20 @@ def test_bit_search_is_deterministic_and_each_flip_raises_the_attack_loss():
 def test_module_counts_flips_to_the_threshold_deterministically():
     """Two runs of the module at the same seed: the same flip count to the accuracy threshold, the same flips."""
     x, y = records("test_batch", 150)
+    # the tiny victim's accuracy depends on the thread count it was trained with (40 chaotic SGD steps): the
+    # threshold is 4 points below it (the victim may be only ~10 points above chance), so the test asks for a drop
+    # whatever the victim reached
+    stop = accuracy(tiny_victim(), x, y) - 0.04
     runs = []
     for _ in range(2):
         module = BitFlipAttackLitModule(victim=tiny_victim(), num_images=None, attack_batch_size=32,
-                                        stop_accuracy=0.25, max_flips=12, random_flips=6, random_eval_every=3)
+                                        stop_accuracy=stop, max_flips=12, random_flips=6, random_eval_every=3)
         before = {k: v.clone() for k, v in module.victim.state_dict().items()}
         metrics = module.run_attack(x, y)
         assert all(torch.equal(before[k], v) for k, v in module.victim.state_dict().items())  # weights restored
         runs.append((metrics, json.dumps(module.curve["bfa_flips"])))
     (m1, c1), (m2, c2) = runs
     assert m1["bfa_flips"] == m2["bfa_flips"] and c1 == c2
-    assert m1["bfa_reached"] == 1.0 and m1["bfa_acc"] <= 0.25 < m1["acc_quant"] and m1["bfa_flips"] >= 1
+    assert m1["bfa_reached"] == 1.0 and m1["bfa_acc"] <= stop < m1["acc_quant"] and m1["bfa_flips"] >= 1
     assert abs(m1["acc_quant"] - m1["acc_float"]) < 0.05  # 8 bits barely change the network
     assert m1["random_acc"] > m1["bfa_acc"]
