@@ -34,7 +34,7 @@ import torch
 from lit_papers.data.images import read_image
 from lit_papers.detection.region_classifiers import LinearSVMs, RidgeBoxRegressors, SelectiveSearch, image_key
 from lit_papers.papers.rcnn.model import RCNN, ConvNet
-from lit_papers.papers.rcnn.module import RCNNLitModule
+from lit_papers.detection.region_classifiers import RegionDetectorLitModule
 from lit_papers.papers.spp_net.model import SPPNet
 from lit_papers.papers.spp_net.module import SPPNetLitModule
 
@@ -59,7 +59,7 @@ def _detectors(*, num_classes: int, widths, crop: int, image_scale: float, level
                 pool5_kernel=2, pool5_stride=2, fc_dim=fc_dim)
     spp = SPPNet(backbone=other, num_classes=num_classes, levels=levels, image_scale=image_scale, fc_dim=fc_dim)
     opt = lambda p: torch.optim.SGD(p, lr=0.0)  # noqa: E731 (never stepped)
-    return (RCNNLitModule(model=rcnn, optimizer=opt, num_classes=num_classes).eval(),
+    return (RegionDetectorLitModule(model=rcnn, optimizer=opt, num_classes=num_classes).eval(),
             SPPNetLitModule(model=spp, optimizer=opt, num_classes=num_classes).eval())
 
 
