@@ -32,9 +32,14 @@ import numpy as np
 import torch
 
 from lit_papers.data.images import read_image
-from lit_papers.detection.region_classifiers import LinearSVMs, RidgeBoxRegressors, SelectiveSearch, image_key
+from lit_papers.detection.region_classifiers import (
+    LinearSVMs,
+    RegionDetectorLitModule,
+    RidgeBoxRegressors,
+    SelectiveSearch,
+    image_key,
+)
 from lit_papers.papers.rcnn.model import RCNN, ConvNet
-from lit_papers.detection.region_classifiers import RegionDetectorLitModule
 from lit_papers.papers.spp_net.model import SPPNet
 from lit_papers.papers.spp_net.module import SPPNetLitModule
 
