@@ -77,3 +77,20 @@ def test_module_gives_an_auc_per_attack():
         assert 0.0 <= out[f"auc_{key}"] <= 1.0 and out[f"auc_{key}_n"] > 0 and 0 < out[f"attack_success_{key}"] <= 1
         assert out[f"l2_{key}"] > 0
     assert set(module.roc) == {"fgsm", "bim-a"}
+
+
+def test_kde_images_are_a_seeded_sample_across_classes_of_a_class_ordered_folder():
+    """An image folder lists its images class by class: the first n would be one class, and the kernel density
+    of every other class would have no image (the run on the CIFAR-10 JPEG folder stopped on exactly that)."""
+    labels = np.repeat(np.arange(10), 100)  # 1000 images ordered by class
+    images = np.stack([np.full((4, 4, 3), (i // 256, i % 256, 0), dtype=np.uint8) for i in range(1000)])
+    dataset = type("Folder", (), {"images": images, "labels": labels, "__len__": lambda self: 1000})()
+    module = FeinmanDetectionLitModule(victim=tiny_victim(network="dropout"), kde_train_images=200, attack_seed=3)
+    x, y = module._sample_training_images(dataset)
+    assert x.shape == (200, 3, 4, 4) and set(y.tolist()) == set(range(10))
+    index = ((x[:, 0, 0, 0] * 255).round() * 256 + (x[:, 1, 0, 0] * 255).round()).long()  # the image's number
+    assert len(set(index.tolist())) == 200 and torch.equal(torch.as_tensor(labels)[index], y.cpu())  # paired
+    again, _ = module._sample_training_images(dataset)
+    assert torch.equal(x, again)  # seeded by attack_seed
+    module.attack_seed = 4
+    assert not torch.equal(x, module._sample_training_images(dataset)[0])

@@ -64,10 +64,16 @@ class FeinmanDetectionLitModule(AttackLitModule):
         if dataset is None:
             raise ValueError("FeinmanDetectionLitModule: the kernel densities need training images: a datamodule with "
                              "`train_set` (CIFARDataModule) or module.kde_train = (images, labels)")
+        return self._sample_training_images(dataset)
+
+    def _sample_training_images(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uniform random subset of ``kde_train_images`` stored training images (seed ``attack_seed``): an image
+        folder is ordered class by class, so its first n images would cover one or two classes only."""
         n = min(self.kde_train_images, len(dataset))
+        pick = np.sort(np.random.default_rng(self.attack_seed).permutation(len(dataset))[:n])
         # the stored uint8 training images (N, H, W, 3), not dataset[i]: that would apply the random augmentation
-        x = torch.from_numpy(np.ascontiguousarray(dataset.images[:n].transpose(0, 3, 1, 2))).float() / 255.0
-        return x.to(self.device), torch.as_tensor(dataset.labels[:n]).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(dataset.images[pick].transpose(0, 3, 1, 2))).float() / 255.0
+        return x.to(self.device), torch.as_tensor(np.asarray(dataset.labels)[pick]).to(self.device)
 
     @torch.no_grad()
     def _hidden(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
