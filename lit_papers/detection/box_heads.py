@@ -27,8 +27,9 @@ class FCHead(nn.Module):
         self.out_features = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(torch.relu(self.fc6(x.flatten(1))))  # (R, dim)
-        return self.drop(torch.relu(self.fc7(x)))
+        # in place: a Linear's backward needs its input, not its output, so the ReLU may overwrite it
+        x = self.drop(torch.relu_(self.fc6(x.flatten(1))))  # (R, dim)
+        return self.drop(torch.relu_(self.fc7(x)))
 
 
 @torch.no_grad()

@@ -63,6 +63,7 @@ class RCNN(TwoStageDetector):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        channels_last: bool = True,
     ) -> None:
         features, names, strides = build_features(backbone=backbone, fpn=fpn, fpn_channels=fpn_channels,
                                                   feature_stride=feature_stride,
@@ -95,7 +96,7 @@ class RCNN(TwoStageDetector):
             box_predictor=FastRCNNPredictor(head.out_features, num_classes + 1),  # cls (K+1) and per-class boxes
             batch_size_per_image=roi_batch_size_per_image, positive_fraction=roi_positive_fraction,
             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
-        super().__init__(features=features, rpn=rpn, roi_heads=roi_heads)
+        super().__init__(features=features, rpn=rpn, roi_heads=roi_heads, channels_last=channels_last)
         self.num_classes = num_classes
         # what a mask branch needs to pool from the same maps
         self.roi_featmap_names, self.roi_strides, self.roi_channels = names, strides, channels

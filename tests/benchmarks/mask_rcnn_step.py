@@ -11,7 +11,11 @@ back to back, alternating which model goes first. Per round we get ours / torchv
 medians, the median of the per-round ratios and their spread (min, max, interquartile range over rounds). A
 load burst hits both models of the same round, so it moves the ratio far less than the medians.
 Peak memory: CUDA -> ``max_memory_allocated`` per model (reset before each); CPU -> peak RSS of a child process
-per model (memory does not depend on load; ``--skip-memory`` to skip). torchvision's internal resize is a no-op
+per model (memory does not depend on load; ``--skip-memory`` to skip). The two children are made alike before
+the high-water mark is reset: each imports both packages and builds **both** models (ours needs torchvision's
+weights anyway), then drops the one it does not measure, so neither peak counts the other's imports (timm and
+lit_papers add ~50 MiB) or the allocator's memory of freed weights; ``peak_step_mib`` is the part of the peak the
+step adds to the resident process. torchvision's internal resize is a no-op
 (min_size = max_size = the input size), since our datamodule resizes before the model.
 """
 
@@ -77,9 +81,9 @@ def inputs(batch: int, size: int, device: str):
 class Runner:
     """One model, its optimizer and inputs; ``train_step()`` / ``infer()`` return seconds."""
 
-    def __init__(self, which: str, args) -> None:
+    def __init__(self, which: str, args, model: torch.nn.Module | None = None) -> None:
         self.which, self.device = which, args.device
-        self.model = make_model(which, 80, args.size).to(args.device)
+        self.model = (model if model is not None else make_model(which, 80, args.size)).to(args.device)
         self.images, self.targets = inputs(args.batch, args.size, args.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.001, momentum=0.9)
         self.sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
@@ -130,26 +134,41 @@ def interleaved(args) -> dict:
     return out
 
 
-def peak_memory_child(which: str, args) -> float:
-    """Peak memory (MiB) of one training step + one inference of ``which``, measured in this process."""
-    runner = Runner(which, args)
+def _status_mib(key: str) -> float | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def peak_memory_child(which: str, args) -> tuple[float, float]:
+    """(peak, peak added by the step) in MiB of one training step + one inference of ``which``, in this process.
+    Both models are built first (ours = torchvision's weights copied) and the other one is dropped, so the two
+    children have the same imports and allocation history."""
+    import gc
+
+    models = {"ours": make_model("ours", 80, args.size), "torchvision": make_model("torchvision", 80, args.size)}
+    model = models.pop(which)
+    del models
+    gc.collect()
+    runner = Runner(which, args, model=model)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    else:  # building ours goes through torchvision's model (its weights are copied): reset the high-water mark
-        try:  # to the current RSS (Linux >= 4.0), so the peak counts the resident model, not both models
+        before = torch.cuda.memory_allocated() / 2**20
+    else:  # reset the high-water mark to the current RSS (Linux >= 4.0): the peak from here on
+        try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
             pass
+        before = _status_mib("VmRSS") or 0.0
     runner.train_step()
     runner.infer()
     if args.device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    # VmHWM (this process's peak RSS) rather than getrusage's ru_maxrss, which Linux carries over from the parent
-    # across fork + exec (a child of a big parent would report the parent's peak)
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:  # VmHWM (this process's peak RSS) rather than getrusage's ru_maxrss, which Linux carries over from the
+        # parent across fork + exec (a child of a big parent would report the parent's peak)
+        peak = _status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak, peak - before
 
 
 def peak_memory(args) -> dict:
@@ -160,8 +179,10 @@ def peak_memory(args) -> dict:
         cmd = [sys.executable, __file__, "--memory-of", which, "--size", str(args.size), "--batch", str(args.batch),
                "--device", args.device]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        out[f"{which}_peak_mem_mib"] = round(float(proc.stdout.strip().splitlines()[-1]), 1)
+        peak, step = (float(v) for v in proc.stdout.strip().splitlines()[-1].split())
+        out[f"{which}_peak_mem_mib"], out[f"{which}_peak_step_mib"] = round(peak, 1), round(step, 1)
     out["ratio_peak_mem"] = out["ours_peak_mem_mib"] / out["torchvision_peak_mem_mib"]
+    out["ratio_peak_step_mem"] = out["ours_peak_step_mib"] / out["torchvision_peak_step_mib"]
     return out
 
 
@@ -316,7 +337,7 @@ def main() -> None:
     p.add_argument("--memory-of", choices=["ours", "torchvision"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_of:
-        print(peak_memory_child(args.memory_of, args))
+        print(*peak_memory_child(args.memory_of, args))
         return
     if args.profile:
         profile(args)

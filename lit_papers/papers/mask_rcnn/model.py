@@ -51,7 +51,8 @@ class MaskHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predictor(F.relu(self.deconv(self.convs(x))))
+        # ReLU in place: the deconv output (P, 256, 28, 28), the largest tensor of the head, is not kept twice
+        return self.predictor(F.relu(self.deconv(self.convs(x)), inplace=True))
 
 
 class MaskBranch(nn.Module):
