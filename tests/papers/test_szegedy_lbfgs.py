@@ -51,4 +51,11 @@ def test_module_reports_success_distortion_and_transfer():
     expected = rms_distortion(res["x_adv"], res["x"])[res["success"]].mean().item()
     assert abs(out["distortion"] - expected) < 1e-6
     assert 0.0 <= out["transfer_misclassified"] <= 1.0 and out["transfer_target_n"] == int(res["success"].sum())
+    # the excess over the other network's clean errors, by hand from its predictions on the same images
+    ok = res["success"]
+    with torch.no_grad():
+        adv_wrong = (other.eval()(res["x_adv"][ok]).argmax(1) != res["labels"][ok]).double()
+        clean_wrong = (other(res["x"][ok]).argmax(1) != res["labels"][ok]).double()
+    assert abs(out["transfer_excess"] - float((adv_wrong - clean_wrong).mean())) < 1e-9
+    assert abs(out["transfer_excess"] - (out["transfer_misclassified"] - (1 - out["transfer_clean_acc"]))) < 1e-6
     assert not (res["targets"] == res["labels"]).any()

@@ -10,6 +10,10 @@ Logged (fractions; the card scales to percent where it says so):
 * ``test/transfer_misclassified``, ``test/transfer_target`` (``_n`` = successes): the adversarials fed to
   ``transfer_victim`` (another network): not classified as the true label / classified as the target
   (the paper's cross-model generalisation, sec. 4.2 Table 2, counts misclassifications);
+  ``test/transfer_clean_acc``: the other network on the clean versions of the same images, and
+  ``test/transfer_excess`` (``_ci95`` paired over images, ``_n``): misclassified adversarial minus misclassified
+  clean, the part of ``transfer_misclassified`` the perturbation causes (a weak second network misclassifies
+  many clean images too, so ``transfer_misclassified`` alone does not show transfer);
 * ``test/attacks_per_s``: images attacked per second (the whole line search).
 A grid of originals / perturbations (scaled) / adversarials goes to ``<run dir>/lbfgs_grid.png``.
 """
@@ -88,6 +92,11 @@ class SzegedyLBFGSLitModule(AttackLitModule):
                         "transfer_target": float((other == targets[success]).float().mean()), "transfer_target_n": k,
                         "transfer_clean_acc": float((clean_other == labels[success]).float().mean()),
                         "transfer_clean_acc_n": k})
+            # paired per image: [adversarial misclassified] - [clean misclassified] in {-1, 0, 1}
+            excess = (other != labels[success]).double() - (clean_other != labels[success]).double()
+            out.update({"transfer_excess": float(excess.mean()), "transfer_excess_n": k,
+                        "transfer_excess_ci95": 1.959964 * float(excess.std()) / math.sqrt(k) if k > 1
+                        else float("nan")})
         self.result = {"x": images, "x_adv": x_adv, "labels": labels, "targets": targets, "success": success}
         if self._trainer is not None and self.trainer.is_global_zero and self.grid_images:
             self.picture(Path(self.trainer.default_root_dir) / "lbfgs_grid.png")
