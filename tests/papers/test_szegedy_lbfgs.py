@@ -59,3 +59,13 @@ def test_module_reports_success_distortion_and_transfer():
     assert abs(out["transfer_excess"] - float((adv_wrong - clean_wrong).mean())) < 1e-9
     assert abs(out["transfer_excess"] - (out["transfer_misclassified"] - (1 - out["transfer_clean_acc"]))) < 1e-6
     assert not (res["targets"] == res["labels"]).any()
+
+
+def test_grid_shows_one_success_per_class_first():
+    from lit_papers.papers.szegedy_lbfgs.module import grid_indices
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3])
+    success = torch.tensor([True, True, True, False, True, True, True, False])
+    assert grid_indices(labels, success, 3) == [0, 4, 5]  # classes 0, 1, 2 (index 3 failed, class 3 never succeeded)
+    assert grid_indices(labels, success, 5) == [0, 4, 5, 1, 2]
+    assert grid_indices(labels, torch.zeros(8, dtype=torch.bool), 4) == []

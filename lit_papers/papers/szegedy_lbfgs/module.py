@@ -35,6 +35,18 @@ from lit_papers.papers.szegedy_lbfgs.model import line_search_c, predict, rms_di
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+def grid_indices(labels: torch.Tensor, success: torch.Tensor, k: int) -> list[int]:
+    """Up to ``k`` indices of successful attacks for the picture: the first success of each class in class order,
+    then the remaining successes in order (the attacked images are sorted by their index in a class-ordered
+    folder, so the first k successes would often all be one class)."""
+    ok = success.nonzero().flatten().tolist()
+    first: dict[int, int] = {}
+    for i in ok:
+        first.setdefault(int(labels[i]), i)
+    chosen = [first[c] for c in sorted(first)][:k]
+    return chosen + [i for i in ok if i not in chosen][: k - len(chosen)]
+
+
 class SzegedyLBFGSLitModule(AttackLitModule):
     def __init__(self, *, victim: Victim, transfer_victim: Victim | None = None, num_images: int | None = 100,
                  c_init: float = 1.0, search_steps: int = 8, max_iter: int = 100, chunk: int = 100,
@@ -103,9 +115,10 @@ class SzegedyLBFGSLitModule(AttackLitModule):
         return out
 
     def picture(self, path: Path) -> Path:
-        """Originals / perturbations (scaled to [0, 1] per image) / adversarials for the first successes."""
+        """Originals / perturbations (scaled to [0, 1] per image) / adversarials for up to ``grid_images``
+        successes, one per class first (``grid_indices``)."""
         res = self.result
-        idx = res["success"].nonzero().flatten()[: self.grid_images].tolist() or list(range(min(4, len(res["x"]))))
+        idx = grid_indices(res["labels"], res["success"], self.grid_images) or list(range(min(4, len(res["x"]))))
         names = CIFAR10_CLASSES
         to_hwc = lambda t: t.detach().float().permute(1, 2, 0).cpu().numpy()  # noqa: E731
         rows, captions = [[], [], []], [[], [], []]
