@@ -28,8 +28,11 @@ def _save(picture: Image.Image, path: str | os.PathLike) -> Path:
 def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os.PathLike, *, title: str,
               xlabel: str, ylabel: str, xlim: tuple[float, float] | None = None,
               ylim: tuple[float, float] | None = None, size: tuple[int, int] = (640, 440),
-              diagonal: bool = False) -> Path:
-    """Draw ``{name: (xs, ys)}`` as polylines with markers; ``diagonal``: the chance line of a ROC plot."""
+              diagonal: bool = False, legend: str = "upper right") -> Path:
+    """Draw ``{name: (xs, ys)}`` as polylines with markers; ``diagonal``: the chance line of a ROC plot;
+    ``legend``: "upper right" or "lower right" (a ROC curve's empty corner), on a white box."""
+    if legend not in ("upper right", "lower right"):
+        raise ValueError(f"legend must be 'upper right' or 'lower right', got {legend!r}")
     width, height = size
     left, right, top, bottom = 70, 20, 40, 60
     font = ImageFont.load_default()
@@ -55,7 +58,10 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os
         draw.text((8, gy - 6), f"{yv:.3g}", fill="black", font=font)
     if diagonal:
         draw.line([px(x0, y0), px(x1, y1)], fill=(180, 180, 180), width=1)
-    for i, (name, (xs, ys)) in enumerate(series.items()):
+    legend_top = top + 6 if legend == "upper right" else height - bottom - 8 - 14 * len(series)
+    draw.rectangle([width - right - 216, legend_top - 2, width - right - 4, legend_top + 14 * len(series) + 2],
+                   fill="white", outline=(200, 200, 200))
+    for i, (xs, ys) in enumerate(series.values()):
         colour = COLOURS[i % len(COLOURS)]
         points = [px(x, y) for x, y in zip(xs, ys)]
         if len(points) > 1:
@@ -63,8 +69,11 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | os
         if len(points) <= 60:
             for p in points:
                 draw.ellipse([p[0] - 2.5, p[1] - 2.5, p[0] + 2.5, p[1] + 2.5], fill=colour)
-        draw.line([width - right - 210, top + 12 + 14 * i, width - right - 190, top + 12 + 14 * i], fill=colour, width=3)
-        draw.text((width - right - 185, top + 6 + 14 * i), name, fill="black", font=font)
+    for i, name in enumerate(series):  # the legend last, over the curves
+        colour = COLOURS[i % len(COLOURS)]
+        y = legend_top + 6 + 14 * i
+        draw.line([width - right - 210, y, width - right - 190, y], fill=colour, width=3)
+        draw.text((width - right - 185, y - 6), name, fill="black", font=font)
     draw.text((left, 12), title, fill="black", font=font)
     draw.text(((width - left) // 2, height - 22), xlabel, fill="black", font=font)
     draw.text((8, top - 16), ylabel, fill="black", font=font)

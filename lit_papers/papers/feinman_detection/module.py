@@ -131,4 +131,4 @@ def roc_picture(roc: dict, path: Path) -> Path:
     return line_plot({f"{name} (AUC {r['auc']:.3f})": (r["fpr"], r["tpr"]) for name, r in roc.items()}, path,
                      title="Feinman et al. detector (uncertainty + density, logistic regression)",
                      xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1),
-                     diagonal=True)
+                     diagonal=True, legend="lower right")
