@@ -227,6 +227,13 @@ def test_tiny_fit_and_test_through_the_cli(cli):
     metrics = (cli.runs / "multipathnet" / "tiny" / "v1" / "csv" / "metrics.csv").read_text()
     for key in ("test/bbox_AP", "test/bbox_AP50", "test/bbox_AP75", "test/bbox_APs", "test/bbox_APm", "test/bbox_APl"):
         assert key in metrics
+    # the side-by-side picture from the official results file: 2 images x [ground truth | run], 128-px tiles
+    from lit_papers.data.root import generated_dir
+    from lit_papers.papers.multipathnet.pictures import comparison_grid
+
+    grid = comparison_grid(generated_dir("coco") / "shapes-tiny", [cli.runs / "multipathnet" / "tiny" / "v1"],
+                           num_images=2, top=2)
+    assert grid.shape == (3, 2 + 2 * (128 + 2), 2 + 2 * (128 + 2))  # make_grid: 2-px padding around tiles
 
 
 def test_real_coco_sample_end_to_end(shared_data, tmp_path):
