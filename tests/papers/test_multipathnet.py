@@ -274,3 +274,25 @@ def test_real_coco_sample_end_to_end(shared_data, tmp_path):
     assert evaluator.num_images == 2
     for key in ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl"):
         assert -1.0 <= metrics[key] <= 1.0
+
+
+def test_paired_bootstrap_of_the_ap_difference():
+    from lit_papers.papers.multipathnet.compare import box_ap, paired_bootstrap, resample
+
+    images = [{"id": i, "width": 50, "height": 50, "file_name": f"{i}.png"} for i in (3, 5, 9)]
+    boxes = {3: [5, 5, 20, 20], 5: [10, 10, 30, 15], 9: [0, 0, 40, 40]}
+    anns = [{"id": n + 1, "image_id": i, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for n, (i, b) in enumerate(boxes.items())]
+    gt = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+    perfect = [{"image_id": i, "category_id": 1, "bbox": b, "score": 1.0} for i, b in boxes.items()]
+    half = [d for d in perfect if d["image_id"] != 9]  # misses one of three objects
+    assert box_ap(gt, perfect) == pytest.approx(1.0)
+    g, (again,) = resample(gt, [half], [3, 5, 9])
+    assert box_ap(g, again) == pytest.approx(box_ap(gt, half))
+    g, (twice,) = resample(gt, [half], [9, 9, 3])  # the missed image drawn twice: recall 1/3
+    assert [im["id"] for im in g["images"]] == [1, 2, 3] and len(g["annotations"]) == 3
+    assert box_ap(g, twice) < box_ap(gt, half)
+    out = paired_bootstrap(gt, perfect, perfect, reps=5)
+    assert out["diff_low"] == out["diff_high"] == 0.0
+    out = paired_bootstrap(gt, half, perfect, reps=20)
+    assert out["ap_b"] - out["ap_a"] > 0 and out["diff_low"] >= 0.0
