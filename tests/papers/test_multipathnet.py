@@ -177,6 +177,11 @@ def test_mask_proposals_take_the_deepmask_checkpoint_by_config_and_cache_on_disk
     again = MaskProposals(model=_tiny_deepmask(2), checkpoint="deepmask/tiny/v0/checkpoints/last.ckpt", **options)
     monkeypatch.setattr(again.model, "propose_sets", lambda *a, **k: pytest.fail("proposals recomputed"))
     torch.testing.assert_close(again([image])[0], expected)
+    # other weights (no checkpoint: the untrained network) never read those files
+    with pytest.warns(UserWarning, match="untrained DeepMask"):
+        other = MaskProposals(model=_tiny_deepmask(2), **options)
+    other([image])
+    assert len(list((runs / "cache").glob("*/*.pt"))) == 2
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         MaskProposals(model=_tiny_deepmask(2), checkpoint="missing.ckpt")
     with pytest.raises(RuntimeError, match="last.ckpt does not hold the configured DeepMask"):

@@ -101,8 +101,8 @@ class MaskProposals(nn.Module):
     ``checkpoint``: its Lightning checkpoint (a path, or a path under ``$LIT_PAPERS_RUNS``), None = keep its
     initial weights (tests). The network is frozen and always in eval mode; an image's proposals are computed
     once and cached by the image's content (the paper computes them offline), in memory and, with ``cache_dir``
-    (a path, relative ones under ``$LIT_PAPERS_RUNS``), on disk: one file per image in a subfolder named by the
-    checkpoint and the options, written atomically, so that the arms of an ablation share them.
+    (a path, relative ones under ``$LIT_PAPERS_RUNS``), on disk: one file per image in a subfolder named by a hash
+    of the network's weights and the options, written atomically, so that the arms of an ablation share them.
     ``proposal_set``: which set of ``propose_sets`` ("" = the model's own proposals).
     ``__call__(images) -> [(N_i, 4) xyxy]``.
     """
@@ -123,16 +123,11 @@ class MaskProposals(nn.Module):
                         "mask_threshold": float(mask_threshold), "nms_iou": nms_iou}
         self.proposal_set = proposal_set
         self.cache: dict[str, torch.Tensor] = {}
-        self.cache_dir = None
+        self.cache_root = None
         if cache_dir is not None:
             root = Path(cache_dir)
-            root = root if root.is_absolute() else Path(os.environ.get("LIT_PAPERS_RUNS", "runs")) / root
-            ckpt = Path(self.loaded_from) if self.loaded_from else None
-            ident = repr((self.options, proposal_set, type(model).__name__, str(ckpt),
-                          ckpt.stat().st_size if ckpt else None, ckpt.stat().st_mtime_ns if ckpt else None))
-            self.cache_dir = root / hashlib.sha1(ident.encode()).hexdigest()[:16]
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            (self.cache_dir / "identity.txt").write_text(ident + "\n")
+            self.cache_root = root if root.is_absolute() else Path(os.environ.get("LIT_PAPERS_RUNS", "runs")) / root
+        self.cache_dir: Path | None = None  # set at the first call, from the weights then in use
         self.model.eval()
 
     def train(self, mode: bool = True) -> MaskProposals:
@@ -149,8 +144,22 @@ class MaskProposals(nn.Module):
             out.append(self.cache[key].to(image.device))
         return out
 
+    def _folder(self) -> Path:
+        """The disk cache's subfolder: named by a hash of the proposal network's weights (as used, e.g. after a
+        MultiPathNet checkpoint restored them) and the options, so that other weights never read these boxes."""
+        if self.cache_dir is None:
+            digest = hashlib.sha1(repr((self.options, self.proposal_set, type(self.model).__name__)).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self.cache_dir = self.cache_root / digest.hexdigest()[:16]
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            (self.cache_dir / "identity.txt").write_text(f"{type(self.model).__name__} {self.options} "
+                                                         f"set {self.proposal_set!r} from {self.loaded_from}\n")
+        return self.cache_dir
+
     def _load_or_propose(self, key: str, image: torch.Tensor) -> torch.Tensor:
-        file = None if self.cache_dir is None else self.cache_dir / f"{key}.pt"
+        file = None if self.cache_root is None else self._folder() / f"{key}.pt"
         if file is not None and file.is_file():
             return torch.load(file, weights_only=True)
         sets = self.model.propose_sets(image, **self.options)
