@@ -301,3 +301,18 @@ def test_paired_bootstrap_of_the_ap_difference():
     assert out["diff_low"] == out["diff_high"] == 0.0
     out = paired_bootstrap(gt, half, perfect, reps=20)
     assert out["ap_b"] - out["ap_a"] > 0 and out["diff_low"] >= 0.0
+
+
+def test_mask_proposals_from_a_sharpmask_by_config():
+    from lit_papers.papers.sharpmask.model import SharpMask
+
+    sharp = SharpMask(deepmask=_tiny_deepmask(3), mask_channels=[8, 4, 2], skip_channels=[4, 4])
+    image = torch.rand(3, 40, 56)
+    options = {"scales": [0.5, 1.0], "max_proposals": 10, "mask_threshold": 0.2, "nms_iou": None}
+    expected = sharp.eval().propose_sets(image, **options)
+    for name in ("", "deepmask"):  # the refined masks' boxes, or DeepMask's coarse masks' of the same windows
+        with pytest.warns(UserWarning, match="untrained SharpMask"):
+            source = MaskProposals(model=sharp, proposal_set=name, **{k: v for k, v in options.items()})
+        torch.testing.assert_close(source([image])[0], expected[name]["boxes"])
+    with pytest.raises(KeyError, match="'coarse' is not among the model's sets"):
+        MaskProposals(model=sharp, proposal_set="coarse", scales=[1.0])([image])
