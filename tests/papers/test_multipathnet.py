@@ -239,6 +239,11 @@ def test_tiny_fit_and_test_through_the_cli(cli):
     grid = comparison_grid(generated_dir("coco") / "shapes-tiny", [cli.runs / "multipathnet" / "tiny" / "v1"],
                            num_images=2, top=2)
     assert grid.shape == (3, 2 + 2 * (128 + 2), 2 + 2 * (128 + 2))  # make_grid: 2-px padding around tiles
+    titled = comparison_grid(generated_dir("coco") / "shapes-tiny", [cli.runs / "multipathnet" / "tiny" / "v1"],
+                             num_images=2, top=2, titles=["tiny run"])
+    assert titled.shape == (3, 16 + grid.shape[1], grid.shape[2]) and torch.equal(titled[:, 16:], grid)
+    header = titled[:, :16].float()
+    assert (header < 128).any(dim=0)[:, 2:130].any() and (header < 128).any(dim=0)[:, 132:].any()  # both titles
 
 
 def test_real_coco_sample_end_to_end(shared_data, tmp_path):
