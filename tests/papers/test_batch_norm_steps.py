@@ -117,3 +117,56 @@ def test_picture_colours_at_known_points(tmp_path):
     assert image.getpixel(frame.pixel(300, 0.3)) == curves.COLORS[1]  # on the diagonal (x = y)
     assert image.getpixel(frame.pixel(700, 0.3)) == (255, 255, 255)  # between the lines: background
     assert image.getpixel(frame.pixel(3, 0.9)) == curves.GREY  # the dashed reference line's first dash
+
+
+def _finish(folder, seed, acc):
+    """A finished run's card_result.json: its test/acc row (card units: percent) and evidence."""
+    (folder / "card_result.json").write_text(json.dumps([{
+        "metric": "test/acc", "ours": acc * 100,
+        "evidence": {"config": [f"configs/batch_norm/{folder.parent.name}.yaml"], "seed": seed, "git_commit": "abc",
+                     "wall_time_s": 100.0, "fit_time_s": 90.0, "run_dir": str(folder)}}]))
+
+
+@pytest.fixture
+def cpu_root(tmp_path):
+    s = (99, 199, 299, 399)  # 100..400 optimizer steps
+    # a full-size no_bn run with another best: the _cpu arms must not see it
+    _run(tmp_path, "no_bn", "v0", 0, _rows(zip(s, (0.1, 0.2, 0.3, 0.9))))
+    for seed, ref, arm in ((0, (0.3, 0.5, 0.6, 0.6), (0.5, 0.6, 0.7, 0.7)),    # target 0.6 at 300; bn 200: 1.5
+                           (1, (0.2, 0.4, 0.5, 0.5), (0.5, 0.5, 0.6, 0.6)),    # target 0.5 at 300; bn 100: 3.0
+                           (2, (0.2, 0.3, 0.3, 0.4), (0.2, 0.4, 0.4, 0.4))):   # target 0.4 at 400; bn 200: 2.0
+        _finish(_run(tmp_path, "no_bn_cpu", f"seed{seed}", seed, _rows(zip(s, ref))), seed, ref[-1])
+        _finish(_run(tmp_path, "bn_cpu", f"seed{seed}", seed, _rows(zip(s, arm))), seed, arm[-1])
+    return tmp_path
+
+
+def test_suffix_reads_only_the_cpu_arms(cpu_root, capsys):
+    assert steps.main([str(cpu_root), "--suffix", "_cpu", "--json"]) == 0
+    data = {r["arm"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(data) == ["no_bn_cpu", "bn_cpu"]
+    assert [s["ratio"] for s in data["bn_cpu"]["per_seed"]] == [1.5, 3.0, 2.0]
+
+
+def test_card_results_by_hand(cpu_root, capsys):
+    out = cpu_root / "results"
+    assert steps.main([str(cpu_root), "--suffix", "_cpu", "--results", str(out)]) == 0
+    bn = {r["metric"]: r for r in json.loads((out / "bn_cpu.json").read_text())}
+    speed = bn["speedup_vs_no_bn"]
+    # ratios 1.5, 3.0, 2.0: mean 6.5/3, sample std sqrt(((1.5-m)^2 + (3-m)^2 + (2-m)^2) / 2) = 0.763763...,
+    # t(0.975, 2) = 4.302653 -> half-width 4.302653 * 0.763763 / sqrt(3) = 1.897292
+    assert speed["ours"] == pytest.approx(6.5 / 3, abs=1e-6)
+    assert speed["ci95"] == pytest.approx(1.897292, abs=1e-5) and speed["n"] == 3 and speed["n_unit"] == "seeds"
+    assert speed["paper_value"] == pytest.approx(2.33)
+    acc = bn["test/acc"]  # final val-curve values used as test accuracies: 70, 60, 40 percent
+    assert acc["ours"] == pytest.approx(170 / 3, abs=1e-5)
+    assert acc["ci95"] == pytest.approx(4.302653 * 15.275252 / math.sqrt(3), abs=1e-3)  # std of (70, 60, 40)
+    assert acc["evidence"]["seed"] == [0, 1, 2] and acc["evidence"]["wall_time_s"] == 300.0
+    assert json.loads((out / "no_bn_cpu.json").read_text())[0]["ours"] == pytest.approx(1.0)
+    assert not (out / "no_bn.json").exists()
+
+
+def test_card_results_need_finished_runs(cpu_root, capsys):
+    (cpu_root / "batch_norm" / "bn_cpu" / "seed1" / "card_result.json").unlink()
+    assert steps.main([str(cpu_root), "--suffix", "_cpu", "--results", str(cpu_root / "results")]) == 1
+    err = capsys.readouterr().err
+    assert "bn_cpu/seed1" in err and "has not finished its test" in err

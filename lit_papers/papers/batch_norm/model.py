@@ -44,8 +44,7 @@ class BatchNorm(nn.Module):
         dims = [0, *range(2, x.dim())]  # every axis but the channel axis 1
         shape = [1, -1] + [1] * (x.dim() - 2)  # (1, C) or (1, C, 1, 1)
         if self.training:
-            mean = x.mean(dim=dims)  # (C,) mu_B
-            var = x.var(dim=dims, unbiased=False)  # (C,) sigma_B^2 = 1/m sum (x - mu_B)^2
+            var, mean = torch.var_mean(x, dim=dims, unbiased=False)  # (C,) sigma_B^2 = 1/m sum (x - mu_B)^2, mu_B
             m = x.numel() // x.shape[1]
             self.num_batches_tracked += 1
             w = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -53,8 +52,11 @@ class BatchNorm(nn.Module):
             self.running_var.mul_(1 - w).add_(var.detach() * (m / max(m - 1, 1)), alpha=w)  # unbiased, step 10
         else:
             mean, var = self.running_mean, self.running_var
-        x_hat = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return self.weight.view(shape) * x_hat + self.bias.view(shape)
+        # gamma * (x - mu) / sqrt(var + eps) + beta, folded per channel into one multiply-add over the map:
+        # scale = gamma / sqrt(var + eps), shift = beta - mu * scale (gradients still flow through mu and var)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return torch.addcmul(shift.view(shape), x, scale.view(shape))
 
 
 class BNConvNet(nn.Module):

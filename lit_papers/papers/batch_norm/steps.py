@@ -1,6 +1,6 @@
 """Steps to reach the no-BN network's best accuracy, as a ratio (Ioffe & Szegedy 2015, sec. 4.2.2, Figure 3).
 
-    python -m lit_papers.papers.batch_norm.steps RUN_ROOT [--plot out.png] [--json] [--reference no_bn]
+    python -m lit_papers.papers.batch_norm.steps RUN_ROOT [--plot out.png] [--json] [--reference no_bn] [--suffix _cpu]
 
 ``RUN_ROOT`` is the runs root (``$LIT_PAPERS_RUNS``; the arms are looked for under ``RUN_ROOT/batch_norm/<arm>/``)
 or that ``batch_norm`` folder itself. Every folder ``<arm>/<version>/`` holding ``csv/metrics.csv`` is one run; its
@@ -220,6 +220,98 @@ def table(results: list[ArmResult]) -> str:
     return "\n".join(lines)
 
 
+SPEEDUP = "speedup_vs_no_bn"  # the card's metric: reference steps / arm steps (the paper's "14x fewer steps")
+
+
+def t_half_width(values: list[float]) -> float | None:
+    """Half-width of the 95% Student-t interval of the mean of ``values`` (None for fewer than 2)."""
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _run_record(folder: Path, metric: str | None) -> dict:
+    """The row of ``metric`` (None: the first row, for its evidence) in a finished run's ``card_result.json``
+    (written after its test)."""
+    path = folder / "card_result.json"
+    if not path.is_file():
+        raise CurveError(f"{folder}: no card_result.json, so the run has not finished its test; let it finish "
+                         f"(rerun its command to resume) or move the folder away")
+    for record in json.loads(path.read_text()):
+        if metric is None or record.get("metric") == metric:
+            return record
+    raise CurveError(f"{path}: no {metric} row (is the arm on card.yaml with that metric?)")
+
+
+def card_results(results: list[ArmResult], runs: list[Run], card: dict) -> dict[str, list[dict]]:
+    """Per arm on the card: its result rows over seeds, in the report's result-file layout. ``speedup_vs_no_bn``:
+    the mean ratio over the seeds that reached the target, t interval, n = those seeds. ``test/acc`` (and any other
+    metric the card names for the arm and the runs logged): the mean of the seeds' values, t interval, n = seeds.
+    Evidence: the seeds' own (config, commits, hardware, versions), wall times summed."""
+    from lit_papers.callbacks.card import compare as card_compare
+
+    folders = {(r.arm, r.seed): r.folder for r in runs}
+    out: dict[str, list[dict]] = {}
+    for result in results:
+        rows = [row for row in card.get("results", []) if row["variant"] == result.arm]
+        seeds = [s.seed for s in result.seeds]
+        if not rows or not seeds:
+            continue
+        records = []
+        for row in rows:
+            metric = row["metric"]
+            if metric == SPEEDUP:
+                values = [s.ratio for s in result.seeds if s.ratio is not None]
+                if not values:
+                    continue  # no seed reached the target: no number (the table says "never")
+                per_seed = ", ".join(f"seed {s.seed}: {s.steps if s.steps is not None else 'never'} steps "
+                                     f"(no-BN {s.reference_steps})" for s in result.seeds)
+                note = f"{len(values)} of {len(seeds)} seeds reached the no-BN best val/acc; {per_seed}"
+                source_runs = [folders[(result.arm, s)] for s in seeds]
+            else:
+                scale = float(row.get("scale", 1.0))
+                source_runs = [folders[(result.arm, s)] for s in seeds]
+                values = [_run_record(f, metric)["ours"] / scale for f in source_runs]
+                note = "mean over seeds " + ", ".join(f"{s}: {v * scale:.2f}" for s, v in zip(seeds, values))
+            evidences = [_run_record(f, None).get("evidence", {}) for f in source_runs]
+            first = evidences[0]
+            commits = sorted({e.get("git_commit") for e in evidences if e.get("git_commit")})
+            evidence = {**first, "seed": [int(s) if s.lstrip("-").isdigit() else s for s in seeds],
+                        "git_commit": commits[0] if len(commits) == 1 else ", ".join(commits),
+                        "wall_time_s": round(sum(e.get("wall_time_s") or 0.0 for e in evidences), 1),
+                        "fit_time_s": round(sum(e.get("fit_time_s") or 0.0 for e in evidences), 1),
+                        "run_dir": str(Path(first.get("run_dir") or source_runs[0]).parent),
+                        "runs": [str(f) for f in source_runs]}
+            mean = statistics.fmean(values)
+            half = t_half_width(values)
+            record = {"paper": card.get("paper", "batch_norm"), "paper_key": "batch_norm", "variant": result.arm,
+                      **card_compare(row, mean, ci95=half, n=len(values), n_unit="seeds"),
+                      "evidence": evidence, "note": note}
+            records.append(record)
+        if records:
+            out[result.arm] = records
+    return out
+
+
+def write_card_results(results: list[ArmResult], runs: list[Run], card_path: Path, out_dir: Path) -> list[Path]:
+    """``out_dir/<arm>.json`` for every arm with card rows (atomic writes)."""
+    import os
+
+    from lit_papers.callbacks.card import load_card
+
+    written = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for arm, records in card_results(results, runs, load_card(card_path)).items():
+        target = out_dir / f"{arm}.json"
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(records, indent=2))
+        os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lit_papers.papers.batch_norm.steps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,18 +319,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", help="write the val/acc curves (mean over seeds per arm) to this PNG")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--reference", default=REFERENCE, help=f"the arm whose best val/acc is the target ({REFERENCE})")
+    parser.add_argument("--suffix", default="", help="read the arms <arm><suffix> (e.g. _cpu: configs/batch_norm/"
+                        "<arm>_cpu.yaml, the CPU budget), the reference included")
+    parser.add_argument("--results", type=Path, help="also write the card's result files (<arm>.json) into this "
+                        "folder (lit_papers/papers/batch_norm/results); every run must have finished its test")
     args = parser.parse_args(argv)
     try:
-        runs = find_runs(args.run_root, log=lambda m: print(m, file=sys.stderr))
-        results = compare(runs, args.reference)
+        arms = tuple(arm + args.suffix for arm in ARMS)
+        reference = args.reference + args.suffix
+        runs = find_runs(args.run_root, arms, log=lambda m: print(m, file=sys.stderr))
+        results = compare(runs, reference)
         if args.plot:
             from lit_papers.papers.batch_norm.curves import draw_curves, mean_curves
 
             means = mean_curves(runs)
             targets = [s.target for s in results[0].seeds]
-            out = draw_curves(means, args.plot, hline=(statistics.fmean(targets), f"{args.reference} best (mean)")
+            out = draw_curves(means, args.plot, hline=(statistics.fmean(targets), f"{reference} best (mean)")
                               if targets else None)
             print(f"wrote {out}", file=sys.stderr)
+        if args.results:
+            card = Path(__file__).with_name("card.yaml")
+            for path in write_card_results(results, runs, card, args.results):
+                print(f"wrote {path}", file=sys.stderr)
     except CurveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
