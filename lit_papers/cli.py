@@ -36,12 +36,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 
-from lit_papers.callbacks.atomic_checkpoint import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    FinalLastCheckpoint,
-    read_checkpoint,
-)
+from lit_papers.callbacks.atomic_checkpoint import AtomicCheckpointIO, FinalLastCheckpoint
 from lit_papers.callbacks.card import ReproductionCard
 from lit_papers.callbacks.csv_resume import ResumableCSVLogger
 from lit_papers.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
@@ -50,6 +45,7 @@ from lit_papers.callbacks.wandb_setup import make_wandb_logger
 from lit_papers.launch import run_dir as runs
 from lit_papers.launch.preemption import PreemptionCheckpoint
 from lit_papers.launch.sweep_trial import sweep_trial_callbacks
+from lit_papers.ops.checkpoint import CheckpointError, read_checkpoint
 
 START = time.time()
 

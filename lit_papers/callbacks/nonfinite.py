@@ -32,7 +32,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_papers.callbacks.atomic_checkpoint import CheckpointError, read_checkpoint
+from lit_papers.ops.checkpoint import CheckpointError, read_checkpoint
 
 NONFINITE_FILE = "nonfinite_batch.json"
 MAX_NAMES = 20

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lit_papers.ops.checkpoint import load_weights
+
 
 def score_from_probs(probs: torch.Tensor, *, splits: int = 1) -> tuple[float, float]:
     """(N, K) class probabilities -> (mean, std) of exp(mean_i KL(p(y|x_i) || p(y))) over ``splits`` equal parts
@@ -78,17 +80,8 @@ def load_classifier_checkpoint(classifier: nn.Module, checkpoint: str | os.PathL
     if not path.is_file():
         raise FileNotFoundError(f"classifier checkpoint {path} does not exist (set the path of a trained CIFAR "
                                 f"classifier's .ckpt, or leave the classifier out)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt)
-    mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not mine:
-        raise ValueError(f"{path}: no state_dict entries start with {prefix!r} (found e.g. {list(state)[:3]}); "
-                         f"set the prefix the classifier was saved under")
-    try:
-        classifier.load_state_dict(mine, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: its weights under {prefix!r} do not fit {type(classifier).__name__} ({exc}); "
-                         f"configure the classifier the checkpoint was trained as") from exc
+    ckpt = load_weights(classifier, path, prefix=prefix, plain_ok=True,
+                        fix="configure the classifier the checkpoint was trained as")
     stats = next((v["normalization"] for v in ckpt.values() if isinstance(v, dict)
                   and isinstance(v.get("normalization"), dict) and "mean" in v["normalization"]), None)
     wrapped = NormalizedClassifier(classifier, *(None, None) if stats is None else (stats["mean"], stats["std"]))

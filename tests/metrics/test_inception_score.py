@@ -15,6 +15,7 @@ from lit_papers.metrics.inception_score import (
     score_from_logits,
     score_from_probs,
 )
+from lit_papers.ops.checkpoint import CheckpointError
 
 
 def test_uniform_predictions_score_one():
@@ -81,7 +82,7 @@ def test_classifier_score_normalisation_and_checkpoint(tmp_path):
     expected = 2.5 * ((images - 0.5) / 0.25).mean(dim=(2, 3))
     assert torch.allclose(wrapped(images), expected)
     assert all(not p.requires_grad for p in wrapped.parameters())
-    with pytest.raises(ValueError, match="no state_dict entries start with 'net.'"):
+    with pytest.raises(CheckpointError, match="no state_dict entries start with 'net.'"):
         load_classifier_checkpoint(Scale(), tmp_path / "c.ckpt", prefix="net.")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_classifier_checkpoint(Scale(), tmp_path / "missing.ckpt")

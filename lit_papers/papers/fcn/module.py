@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from lit_papers.metrics.segmentation import METRIC_NAMES, SegmentationMetrics
+from lit_papers.ops.checkpoint import CheckpointError, read_checkpoint
 from lit_papers.schedules import optimizer_config
 
 
@@ -46,7 +47,10 @@ class FCNLitModule(L.LightningModule):
         """Staged training (sec. 4.2): start FCN-16s from a trained FCN-32s checkpoint (FCN-8s from FCN-16s).
         Every tensor whose name and shape match is copied; the new skip layers keep their zero / bilinear init and
         the fixed final upsampling (another factor) is rebuilt. Prints what was not taken."""
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        checkpoint = read_checkpoint(path, mmap=False)
+        if "state_dict" not in checkpoint:
+            raise CheckpointError(f"{path}: no 'state_dict' (init_from takes a Lightning checkpoint of an FCN run)")
+        state = checkpoint["state_dict"]
         own = self.state_dict()
         kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         self.load_state_dict(kept, strict=False)

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import yaml
 
-from lit_papers.callbacks.atomic_checkpoint import CheckpointError, read_checkpoint
 from lit_papers.callbacks.skeleton_render import filmstrip, save_gif, side_by_side
 from lit_papers.data.mixamo import MixamoDataModule, _load_motion, load_openpose, load_stats
 from lit_papers.ops import motion2d as M
+from lit_papers.ops.checkpoint import CheckpointError, read_checkpoint
 from lit_papers.papers.motion_retarget.model import RetargetNet
 
 

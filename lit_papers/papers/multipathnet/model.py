@@ -55,6 +55,7 @@ from lit_papers.detection.box_heads import FCHead, fc_head_from_classifier
 from lit_papers.detection.poolers import level_op
 from lit_papers.detection.roi_heads import RoIHeads
 from lit_papers.detection.two_stage import TwoStageDetector
+from lit_papers.ops.checkpoint import load_weights
 
 # -- proposals ---------------------------------------------------------------------------------------------------
 
@@ -77,15 +78,8 @@ def load_lit_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str 
     """Load a Lightning checkpoint's ``state_dict`` entries under ``prefix`` (or a plain state dict) into
     ``module``, strictly; an architecture mismatch is an error naming the file."""
     file = resolve_checkpoint(path)
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise RuntimeError(f"{file} does not hold the configured {type(module).__name__} ({err}); configure the "
-                           "proposal model exactly as it was trained (its config's model.init_args.model)") from err
+    load_weights(module, file, prefix=prefix, plain_ok=True,
+                 fix="configure the proposal model exactly as it was trained (its config's model.init_args.model)")
     return file
 
 

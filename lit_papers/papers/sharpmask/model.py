@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_papers.ops.checkpoint import load_weights
+
 
 class RefinementModule(nn.Module):
     """R^i: (mask features (B, k_m, h, w), skip features (B, C_f, h, w)) -> (B, k_m', 2h, 2w)."""
@@ -50,15 +52,8 @@ class RefinementModule(nn.Module):
 def load_deepmask(deepmask: nn.Module, path: str) -> None:
     """DeepMask weights from a Lightning checkpoint of its LitModule (``state_dict`` keys ``model.*``) or a plain
     state dict; strict (a checkpoint of another architecture is an error naming the file)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
-    if any(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    try:
-        deepmask.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise RuntimeError(f"{path} does not hold the configured DeepMask ({err}); give sharpmask the DeepMask "
-                           "config (model.init_args.model.init_args.deepmask) it was trained with") from err
+    load_weights(deepmask, path, prefix="model.", plain_ok=True,
+                 fix="give sharpmask the DeepMask config (model.init_args.model.init_args.deepmask) it was trained with")
 
 
 class SharpMask(nn.Module):
