@@ -69,3 +69,34 @@ def test_conv_net_variants_build_and_run():
     assert sum(isinstance(m, BatchNorm) for m in with_bn.modules()) == 4
     assert not any(isinstance(m, BatchNorm) for m in without.modules())
     assert all(m.bias is None for m in with_bn.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_module_scores_each_test_set_under_its_suffix(tmp_path, monkeypatch, shared_data):
+    """The *_cpu / full arms test on [folder, pickle]: test/acc on the JPEG images, test/acc_exact on the 500 exact
+    records, each checked against the same network evaluated by hand."""
+    import os
+
+    import lightning as L
+
+    from lit_papers.data.cifar import CIFARDataModule
+    from lit_papers.papers.batch_norm.module import BatchNormLitModule
+    from tests.data.test_cifar_folder import make_image_folder
+
+    monkeypatch.setenv("LIT_PAPERS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    make_image_folder(root / "cifar" / "cifar-10-jpeg", per_class={"train": 2, "test": 3})
+    os.symlink(shared_data / "cifar" / "cifar-10-batches-py", root / "cifar" / "cifar-10-batches-py")
+    dm = CIFARDataModule(root=str(root), source="folder", test_sources=["folder", "pickle"], val_size=2,
+                         eval_batch_size=64, num_workers=0, download=False)
+    torch.manual_seed(0)
+    module = BatchNormLitModule(model=BNConvNet(widths=(4, 8)), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    merged = {k: v for r in trainer.test(module, datamodule=dm, verbose=False) for k, v in r.items()}
+    assert merged["test/acc_n"] == 30 and merged["test/acc_exact_n"] == 500
+    module.eval()
+    for dataset, suffix in zip(dm.test_sets, ["", "_exact"], strict=True):
+        with torch.no_grad():
+            x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+            acc = (module(x).argmax(dim=-1) == dataset.labels).double().mean().item()
+        assert merged[f"test/acc{suffix}"] == pytest.approx(acc, abs=1e-6)
