@@ -82,10 +82,10 @@ def test_default_precision_is_bf16_on_gpus_only():
 def test_predict_writes_class_probabilities(tmp_path):
     import torch
 
+    from lit_papers.classification import ClassifierLitModule
     from lit_papers.papers.resnet_cifar.model import ResNetCifar
-    from lit_papers.papers.resnet_cifar.module import ResNetCifarLitModule
 
-    module = ResNetCifarLitModule(model=ResNetCifar(depth=8), optimizer=torch.optim.SGD)
+    module = ClassifierLitModule(model=ResNetCifar(depth=8), optimizer=torch.optim.SGD)
     out = module.predict_step((torch.randn(3, 3, 32, 32), torch.zeros(3, dtype=torch.long)), 0)
     assert out["probs"].shape == (3, 10)
     assert torch.allclose(out["probs"].sum(-1), torch.ones(3))

@@ -124,6 +124,9 @@ FORBIDDEN = {
     # launch/ renders and submits jobs and reports cards (callbacks.card); it never builds models or data
     "launch": ("layers", "backbones", "detection", "papers", "data", "metrics", "cli"),
     "schedules": ("layers", "backbones", "detection", "papers", "data", "metrics", "callbacks", "launch", "cli"),
+    # classification.py is the LightningModule shared by the CIFAR papers (as detection/module.py for the R-CNNs):
+    # the network is injected, so it needs neither a paper nor the data
+    "classification": ("layers", "backbones", "detection", "papers", "data", "callbacks", "launch", "cli"),
 }
 LIGHTNING = ("lightning", "pytorch_lightning")
 

@@ -6,7 +6,7 @@ its training split, which :class:`lit_papers.data.cifar.CIFARDataModule` stores 
 :class:`Victim` owns both: the network (built from the config, ``class_path`` + ``init_args``, so papers never
 import each other) and the normalisation as buffers, and applies the normalisation inside ``forward``.
 
-Checkpoint contract (a LightningModule checkpoint, e.g. of ``resnet_cifar``'s ``ResNetCifarLitModule``):
+Checkpoint contract (a LightningModule checkpoint, e.g. of ``resnet_cifar``'s runs (``lit_papers.classification.ClassifierLitModule``)):
 ``state_dict`` keys ``<prefix><network key>`` (``prefix`` = the LightningModule attribute holding the network,
 ``model.`` there), and somewhere at the top level a datamodule state with a ``normalization`` entry
 ``{"kind", "mean": (H, W, 3) or (3,), "std": (3,)}`` in [0, 1] units (HWC, as the datamodule stores them).

@@ -73,7 +73,7 @@ def tiny_victim(depth: int = 8, seed: int = 0, steps: int = 40, network: str = "
 
 
 def save_lightning_style(victim: Victim, path: Path) -> Path:
-    """``victim`` as a checkpoint laid out like a ResNetCifarLitModule + CIFARDataModule one."""
+    """``victim`` as a checkpoint laid out like a ClassifierLitModule + CIFARDataModule one."""
     mean = victim.mean[0].permute(1, 2, 0).double()  # (1, 3, H, W) -> (H, W, 3)
     torch.save({"state_dict": {f"model.{k}": v for k, v in victim.network.state_dict().items()},
                 "CIFARDataModule": {"normalization": {"kind": "per_pixel_mean", "mean": mean,

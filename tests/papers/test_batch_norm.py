@@ -78,8 +78,8 @@ def test_module_scores_each_test_set_under_its_suffix(tmp_path, monkeypatch, sha
 
     import lightning as L
 
+    from lit_papers.classification import ClassifierLitModule
     from lit_papers.data.cifar import CIFARDataModule
-    from lit_papers.papers.batch_norm.module import BatchNormLitModule
     from tests.data.test_cifar_folder import make_image_folder
 
     monkeypatch.setenv("LIT_PAPERS_CACHE", str(tmp_path / "cache"))
@@ -89,7 +89,7 @@ def test_module_scores_each_test_set_under_its_suffix(tmp_path, monkeypatch, sha
     dm = CIFARDataModule(root=str(root), source="folder", test_sources=["folder", "pickle"], val_size=2,
                          eval_batch_size=64, num_workers=0, download=False)
     torch.manual_seed(0)
-    module = BatchNormLitModule(model=BNConvNet(widths=(4, 8)), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    module = ClassifierLitModule(model=BNConvNet(widths=(4, 8)), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     merged = {k: v for r in trainer.test(module, datamodule=dm, verbose=False) for k, v in r.items()}

@@ -1,4 +1,4 @@
-"""ResNetCifarLitModule with the CIFAR datamodule: a checkpoint carries its normalisation statistics (issue 13
+"""ClassifierLitModule (the resnet_cifar LightningModule) with the CIFAR datamodule: a checkpoint carries its normalisation statistics (issue 13
 item 7), and several test sets are logged under their own names."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from lit_papers.classification import ClassifierLitModule
 from lit_papers.data.cifar import CIFARDataModule
 from lit_papers.papers.resnet_cifar.model import ResNetCifar
-from lit_papers.papers.resnet_cifar.module import ResNetCifarLitModule
 from tests.data.test_cifar_folder import make_image_folder
 
 
-def _module() -> ResNetCifarLitModule:
+def _module() -> ClassifierLitModule:
     torch.manual_seed(0)
-    return ResNetCifarLitModule(model=ResNetCifar(depth=8, num_classes=10),
+    return ClassifierLitModule(model=ResNetCifar(depth=8, num_classes=10),
                                 optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9))
 
 
