@@ -283,3 +283,38 @@ def test_dependency_checker_catches_an_injected_violation(case, tmp_path):
         files["detection/helper.py"] = "import lightning\n"
     problems = dependency_problems(_write_tree(tmp_path, files))
     assert any(message in p for p in problems), problems
+
+
+GENERATED_SETS = {  # datamodule class -> (family, the options its generator is written with)
+    "lit_papers.data.coco.ShapesDataModule": ("coco", ("num_train", "num_val", "image_size", "max_objects",
+                                                       "generator_seed")),
+    "lit_papers.data.coco_patches.ShapesPatchesDataModule": ("coco", ("num_train", "num_val", "image_size",
+                                                                      "max_objects", "generator_seed")),
+    "lit_papers.data.voc_shapes.VOCShapesDataModule": ("voc", ("num_train", "num_val", "image_size", "max_objects",
+                                                              "border", "generator_seed")),
+}
+
+
+def test_configs_sharing_a_generated_set_ask_for_the_same_one():
+    """Two configs whose generated data land in one folder (family/root/subdir) must ask for the same options:
+    a set is written once and a second option set is refused at run time (GeneratedSetMismatch)."""
+    import importlib
+    import inspect
+
+    import yaml
+
+    folders: dict[tuple, dict[tuple, list[str]]] = {}
+    for path in CONFIGS:
+        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+        entry = GENERATED_SETS.get(data.get("class_path", ""))
+        if entry is None:
+            continue
+        family, keys = entry
+        module, name = data["class_path"].rsplit(".", 1)
+        defaults = {k: p.default for k, p in inspect.signature(getattr(importlib.import_module(module), name)).parameters.items()}
+        args = {**defaults, **(data.get("init_args") or {})}
+        folder = (family, args.get("root"), args.get("subdir"))
+        folders.setdefault(folder, {}).setdefault(tuple(args[k] for k in keys), []).append(path.name)
+    clashes = {f: v for f, v in folders.items() if len(v) > 1}
+    assert clashes == {}, f"configs ask one generated folder for different sets: {clashes}"
+    assert len(folders) >= 6  # the scan saw the shapes configs of every family

@@ -156,21 +156,55 @@ def write_split(folder: Path, split: str, num_images: int, rng: np.random.Genera
             "images": images, "annotations": annotations, "categories": [dict(c) for c in CATEGORIES]}
 
 
-def write_atomically(folder: str | os.PathLike, marker: str, fill) -> Path:
+SPEC_FILE = "generator.json"  # the options a generated set was written with
+
+
+class GeneratedSetMismatch(ValueError):
+    """A generated set on disk was written with other options than the ones asked for (names the folder)."""
+
+
+def check_spec(folder: Path, spec: dict) -> None:
+    """Raise :class:`GeneratedSetMismatch` unless ``folder`` was generated with exactly ``spec``."""
+    path = folder / SPEC_FILE
+    fix = (f"delete {folder} (it is regenerated in seconds) or give the datamodule another subdir "
+           "(data.init_args.subdir) for these options")
+    if not path.is_file():
+        raise GeneratedSetMismatch(f"{folder}: a generated set without {SPEC_FILE} (written by an older lit-papers), "
+                                   f"so it cannot be checked against the options asked for ({spec}); {fix}")
+    try:
+        found = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GeneratedSetMismatch(f"{path}: not valid JSON ({exc}); {fix}") from exc
+    differ = {k: (found.get(k), v) for k, v in spec.items() if found.get(k) != v}
+    differ.update({k: (v, None) for k, v in found.items() if k not in spec})
+    if differ:
+        text = ", ".join(f"{k}: on disk {a!r}, asked {b!r}" for k, (a, b) in sorted(differ.items()))
+        raise GeneratedSetMismatch(f"{folder} was generated with other options ({text}); {fix}")
+
+
+def write_atomically(folder: str | os.PathLike, marker: str, fill, spec: dict | None = None) -> Path:
     """Create ``folder`` by ``fill(scratch)`` on a scratch folder renamed at the end (no half-written set is
-    ever visible); a no-op when ``folder/marker`` exists, also when another process finished first."""
+    ever visible); a no-op when ``folder/marker`` exists, also when another process finished first. ``spec``: the
+    generator's options, written to ``generator.json``; a set that exists is checked against them
+    (:class:`GeneratedSetMismatch` when it was written with others: never a silent reuse of another set)."""
     folder = Path(folder)
     if (folder / marker).is_file():
+        if spec is not None:
+            check_spec(folder, spec)
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         fill(scratch)
+        if spec is not None:
+            (scratch / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
         try:
             os.replace(scratch, folder)
         except OSError:  # another process finished first
             if not (folder / marker).is_file():
                 raise
+            if spec is not None:
+                check_spec(folder, spec)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder
@@ -178,7 +212,8 @@ def write_atomically(folder: str | os.PathLike, marker: str, fill) -> Path:
 
 def write_shapes(folder: str | os.PathLike, *, num_train: int = 1000, num_val: int = 100, size: int = 128,
                  max_objects: int = 4, seed: int = 0) -> Path:
-    """Write the whole set into ``folder`` (atomically: a scratch folder renamed at the end). No-op if present."""
+    """Write the whole set into ``folder`` (atomically: a scratch folder renamed at the end). No-op if present
+    with the same options; a set written with other ones is an error (:class:`GeneratedSetMismatch`)."""
     def fill(scratch: Path) -> None:
         (scratch / "annotations").mkdir()
         for split, n, first_id, offset in (("train", num_train, 1, 0), ("val", num_val, 1_000_001, 1)):
@@ -186,4 +221,6 @@ def write_shapes(folder: str | os.PathLike, *, num_train: int = 1000, num_val: i
             data = write_split(scratch, split, n, rng, first_id, size=size, max_objects=max_objects)
             (scratch / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
 
-    return write_atomically(folder, "annotations/instances_val2017.json", fill)
+    spec = {"generator": "coco_shapes", "num_train": num_train, "num_val": num_val, "size": size,
+            "max_objects": max_objects, "seed": seed}
+    return write_atomically(folder, "annotations/instances_val2017.json", fill, spec)

@@ -120,7 +120,8 @@ def render_voc_image(rng: np.random.Generator, *, size: int, max_objects: int, b
 def write_voc_shapes(folder: str | os.PathLike, *, num_train: int = 1000, num_val: int = 100, size: int = 128,
                      max_objects: int = 4, border: int = 2, difficult_visible: float = 0.6, margin: int | None = None,
                      seed: int = 0) -> Path:
-    """Write the whole set into ``folder`` (atomically; a no-op when it is complete). Returns ``folder``.
+    """Write the whole set into ``folder`` (atomically; a no-op when it is complete and was written with the same
+    options, an error (``GeneratedSetMismatch``) when with others). Returns ``folder``.
     ``margin``: the canvas border cropped away (truncation), default ``size // 8``."""
     margin = size // 8 if margin is None else margin
 
@@ -161,7 +162,10 @@ def write_voc_shapes(folder: str | os.PathLike, *, num_train: int = 1000, num_va
             for c, rows in presence[split].items():  # the devkit's spacing: "id -1", "id  1", "id  0"
                 (dirs["ImageSets/Main"] / f"{c}_{split}.txt").write_text("".join(f"{i} {f:2d}\n" for i, f in rows))
 
-    return write_atomically(folder, MARKER, fill)
+    spec = {"generator": "voc_shapes", "num_train": num_train, "num_val": num_val, "size": size,
+            "max_objects": max_objects, "border": border, "difficult_visible": difficult_visible, "margin": margin,
+            "seed": seed}
+    return write_atomically(folder, MARKER, fill, spec)
 
 
 class VOCShapesDataModule(VOCDataModule):

@@ -24,7 +24,7 @@ from lit_papers.data.coco import (
 from lit_papers.data.download import DatasetError, DatasetMissingError
 from lit_papers.data.grouping import GroupedBatchSampler
 from lit_papers.data.samplers import ShardSampler
-from lit_papers.data.shapes import CATEGORIES, write_shapes
+from lit_papers.data.shapes import CATEGORIES, GeneratedSetMismatch, write_shapes
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +201,19 @@ def test_shapes_written_in_coco_format(tmp_path):
     again = write_shapes(tmp_path / "again" / "shapes", num_train=6, num_val=3, size=64, seed=1)
     assert (again / "annotations" / "instances_train2017.json").read_text() == \
         (folder / "annotations" / "instances_train2017.json").read_text()
+
+
+def test_a_generated_set_is_never_reused_with_other_options(tmp_path):
+    """A set written with other options (here 6 training images where 8 are asked: once a 16-image set from a quick
+    run made every 1000-image config train on 16) is an error naming the folder and the difference."""
+    folder = write_shapes(tmp_path / "shapes", num_train=6, num_val=3, size=64, seed=1)
+    assert json.loads((folder / "generator.json").read_text())["num_train"] == 6
+    stamp = (folder / "annotations" / "instances_train2017.json").stat().st_mtime_ns
+    assert write_shapes(folder, num_train=6, num_val=3, size=64, seed=1) == folder  # same options: reused
+    assert (folder / "annotations" / "instances_train2017.json").stat().st_mtime_ns == stamp
+    with pytest.raises(GeneratedSetMismatch, match=r"shapes was generated with other options \(num_train: on disk 6, "
+                                                   r"asked 8\); delete .*shapes.* or give the datamodule another subdir"):
+        write_shapes(folder, num_train=8, num_val=3, size=64, seed=1)
+    (folder / "generator.json").unlink()  # a set from before the record existed cannot be checked
+    with pytest.raises(GeneratedSetMismatch, match="without generator.json"):
+        write_shapes(folder, num_train=6, num_val=3, size=64, seed=1)
