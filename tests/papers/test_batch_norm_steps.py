@@ -170,3 +170,14 @@ def test_card_results_need_finished_runs(cpu_root, capsys):
     assert steps.main([str(cpu_root), "--suffix", "_cpu", "--results", str(cpu_root / "results")]) == 1
     err = capsys.readouterr().err
     assert "bn_cpu/seed1" in err and "has not finished its test" in err
+
+
+def test_finished_only_skips_runs_still_going(cpu_root, capsys):
+    for folder in (cpu_root / "batch_norm").glob("*/*"):
+        (folder / "FINISHED").touch()
+    (cpu_root / "batch_norm" / "bn_cpu" / "seed1" / "FINISHED").unlink()  # still going
+    out = cpu_root / "results"
+    assert steps.main([str(cpu_root), "--suffix", "_cpu", "--finished", "--results", str(out)]) == 0
+    assert "skipped 1 folder(s) without csv/metrics.csv or not finished" in capsys.readouterr().err
+    speed = {r["metric"]: r for r in json.loads((out / "bn_cpu.json").read_text())}["speedup_vs_no_bn"]
+    assert speed["n"] == 2 and speed["ours"] == pytest.approx((1.5 + 2.0) / 2)  # seeds 0 and 2

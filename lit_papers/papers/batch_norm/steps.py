@@ -177,9 +177,10 @@ def _run_seed(folder: Path) -> str:
     return folder.name
 
 
-def find_runs(root: str | Path, arms: tuple[str, ...] = ARMS, *, log=print) -> list[Run]:
+def find_runs(root: str | Path, arms: tuple[str, ...] = ARMS, *, log=print, finished_only: bool = False) -> list[Run]:
     """Every ``<arm>/<version>/csv/metrics.csv`` under ``root/batch_norm`` (or ``root``); folders of an arm without
-    that file (a run that has not validated yet, a checkpoint-only folder) are skipped and counted."""
+    that file (a run that has not validated yet, a checkpoint-only folder) are skipped and counted, and so are
+    runs still going (no ``FINISHED`` marker) when ``finished_only``."""
     root = Path(root)
     base = root / "batch_norm" if (root / "batch_norm").is_dir() else root
     runs, skipped = [], []
@@ -189,12 +190,13 @@ def find_runs(root: str | Path, arms: tuple[str, ...] = ARMS, *, log=print) -> l
             continue
         for folder in sorted(p for p in arm_dir.iterdir() if p.is_dir()):
             metrics = folder / "csv" / "metrics.csv"
-            if not metrics.is_file():
+            if not metrics.is_file() or finished_only and not (folder / "FINISHED").is_file():
                 skipped.append(folder)
                 continue
             runs.append(Run(arm, _run_seed(folder), folder, read_curve(metrics)))
     if skipped:
-        log(f"skipped {len(skipped)} folder(s) without csv/metrics.csv: {', '.join(map(str, skipped))}")
+        what = "without csv/metrics.csv" + (" or not finished" if finished_only else "")
+        log(f"skipped {len(skipped)} folder(s) {what}: {', '.join(map(str, skipped))}")
     if not runs:
         raise CurveError(f"{base}: no run folders <arm>/<version>/csv/metrics.csv for arms {', '.join(arms)} "
                          f"(run the configs/batch_norm arms first; README 'Running the experiment')")
@@ -321,13 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default=REFERENCE, help=f"the arm whose best val/acc is the target ({REFERENCE})")
     parser.add_argument("--suffix", default="", help="read the arms <arm><suffix> (e.g. _cpu: configs/batch_norm/"
                         "<arm>_cpu.yaml, the CPU budget), the reference included")
+    parser.add_argument("--finished", action="store_true", help="use only finished runs (a FINISHED marker in the "
+                        "folder); runs still going are skipped and listed")
     parser.add_argument("--results", type=Path, help="also write the card's result files (<arm>.json) into this "
                         "folder (lit_papers/papers/batch_norm/results); every run must have finished its test")
     args = parser.parse_args(argv)
     try:
         arms = tuple(arm + args.suffix for arm in ARMS)
         reference = args.reference + args.suffix
-        runs = find_runs(args.run_root, arms, log=lambda m: print(m, file=sys.stderr))
+        runs = find_runs(args.run_root, arms, log=lambda m: print(m, file=sys.stderr), finished_only=args.finished)
         results = compare(runs, reference)
         if args.plot:
             from lit_papers.papers.batch_norm.curves import draw_curves, mean_curves
