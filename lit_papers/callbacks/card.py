@@ -14,6 +14,7 @@ Each paper folder has ``card.yaml``::
         higher_is_better: false
         headline: true             # optional, at most one row per card: the paper's main claim (top-level README)
         baseline: true             # optional: the paper's baseline; overshooting it is a discrepancy, not a success
+        strict: true               # optional, target rows: the value is a bound to pass (> 0), not to reach (>= 0)
         group: depth               # ablation rows only: the arms of one comparison share a group
 
 The verdict depends on the row's kind (:func:`verdict`) and uses the 95% interval of our number: the module logs
@@ -163,10 +164,15 @@ def verdict(row: dict, ours: float | None, low: float | None = None, high: float
             return "fail", f"❌ not reached: the interval's best end is {short:.3g} short (tolerance {tol:g})"
         return "fail", f"❌ short by {short:.3g} (tolerance {tol:g}){point}"
     if kind == "target":
-        if _better(worst, paper, higher) >= -tol:
+        # strict: the target is a bound to pass, not to reach ("more than 0": a whole interval at 0 is not a pass)
+        def beyond(x: float) -> bool:
+            return _better(x, paper, higher) >= -tol if not row.get("strict") else _better(x, paper, higher) > 0
+        if beyond(worst):
             return "pass", "✅ target met" + (" by the whole interval" if has_interval else point)
-        if _better(best, paper, higher) >= -tol:
+        if beyond(best):
             return "open", "❔ target inside the 95% interval: not shown"
+        if row.get("strict") and _better(best, paper, higher) == 0:
+            return "fail", f"❌ target not passed: the interval's best end is at the bound ({paper:g}), not past it"
         if has_interval:
             return "fail", f"❌ target not reached: the interval's best end is {short:.3g} short"
         return "fail", f"❌ short of the target by {short:.3g}{point}"

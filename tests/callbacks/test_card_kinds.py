@@ -90,6 +90,10 @@ ROW = {"variant": "v", "metric": "test/acc", "value": 90.0, "source": "T", "tole
     ("target", {}, 85.0, 81.2, 88.2, "fail"),
     ("target", {"higher_is_better": False, "value": 0.274, "tolerance": 0}, 0.08, 0.07, 0.09, "pass"),
     ("target", {"higher_is_better": False, "value": 0.274, "tolerance": 0}, 0.32, 0.30, 0.34, "fail"),
+    ("target", {"value": 0.0, "tolerance": 0}, 0.0, 0.0, 0.0, "pass"),                    # >= 0 reached
+    ("target", {"value": 0.0, "tolerance": 0, "strict": True}, 0.0, 0.0, 0.0, "fail"),    # > 0 not passed
+    ("target", {"value": 0.0, "tolerance": 0, "strict": True}, 0.01, -0.01, 0.03, "open"),
+    ("target", {"value": 0.0, "tolerance": 0, "strict": True}, 0.05, 0.01, 0.09, "pass"),
     ("variant", {}, 99.0, 98.0, 100.0, "none"),
 ])
 def test_verdict_depends_on_the_kind(kind, extra, ours, low, high, status):
