@@ -41,6 +41,17 @@ def make_image_folder(root: Path, *, per_class: dict[str, int], seed: int = 0, c
     return written
 
 
+def folder_and_exact_test_sets(tmp_path: Path, monkeypatch, shared_data: Path) -> CIFARDataModule:
+    """A CIFARDataModule with two test sets: a generated 30-image folder (``test/acc``) and the 500 exact records of
+    ``shared_data`` (``test/acc_exact``), as the ``[folder, pickle]`` recipes; cache under ``tmp_path``."""
+    monkeypatch.setenv("LIT_PAPERS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    make_image_folder(root / "cifar" / "cifar-10-jpeg", per_class={"train": 2, "test": 3})
+    os.symlink(shared_data / "cifar" / "cifar-10-batches-py", root / "cifar" / "cifar-10-batches-py")
+    return CIFARDataModule(root=str(root), source="folder", test_sources=["folder", "pickle"], val_size=2,
+                           eval_batch_size=64, num_workers=0, download=False)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"

@@ -74,20 +74,12 @@ def test_conv_net_variants_build_and_run():
 def test_module_scores_each_test_set_under_its_suffix(tmp_path, monkeypatch, shared_data):
     """The *_cpu / full arms test on [folder, pickle]: test/acc on the JPEG images, test/acc_exact on the 500 exact
     records, each checked against the same network evaluated by hand."""
-    import os
-
     import lightning as L
 
     from lit_papers.classification import ClassifierLitModule
-    from lit_papers.data.cifar import CIFARDataModule
-    from tests.data.test_cifar_folder import make_image_folder
+    from tests.data.test_cifar_folder import folder_and_exact_test_sets
 
-    monkeypatch.setenv("LIT_PAPERS_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "data"
-    make_image_folder(root / "cifar" / "cifar-10-jpeg", per_class={"train": 2, "test": 3})
-    os.symlink(shared_data / "cifar" / "cifar-10-batches-py", root / "cifar" / "cifar-10-batches-py")
-    dm = CIFARDataModule(root=str(root), source="folder", test_sources=["folder", "pickle"], val_size=2,
-                         eval_batch_size=64, num_workers=0, download=False)
+    dm = folder_and_exact_test_sets(tmp_path, monkeypatch, shared_data)
     torch.manual_seed(0)
     module = ClassifierLitModule(model=BNConvNet(widths=(4, 8)), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

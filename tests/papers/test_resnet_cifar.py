@@ -12,7 +12,7 @@ import torch
 from lit_papers.classification import ClassifierLitModule
 from lit_papers.data.cifar import CIFARDataModule
 from lit_papers.papers.resnet_cifar.model import ResNetCifar
-from tests.data.test_cifar_folder import make_image_folder
+from tests.data.test_cifar_folder import folder_and_exact_test_sets, make_image_folder
 
 
 def _module() -> ClassifierLitModule:
@@ -65,14 +65,7 @@ def test_checkpoint_normalisation_is_used_at_test_time(tmp_path, monkeypatch):
 
 
 def test_two_test_sets_are_logged_with_their_suffix_and_size(tmp_path, monkeypatch, shared_data):
-    import os
-
-    monkeypatch.setenv("LIT_PAPERS_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "data"
-    make_image_folder(root / "cifar" / "cifar-10-jpeg", per_class={"train": 2, "test": 3})
-    os.symlink(shared_data / "cifar" / "cifar-10-batches-py", root / "cifar" / "cifar-10-batches-py")
-    dm = CIFARDataModule(root=str(root), source="folder", test_sources=["folder", "pickle"], val_size=2,
-                         eval_batch_size=64, num_workers=0, download=False)
+    dm = folder_and_exact_test_sets(tmp_path, monkeypatch, shared_data)
     model = _module()
     results = _trainer().test(model, datamodule=dm, verbose=False)
     merged = {k: v for r in results for k, v in r.items()}

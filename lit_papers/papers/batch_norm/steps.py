@@ -261,6 +261,7 @@ def card_results(results: list[ArmResult], runs: list[Run], card: dict) -> dict[
         seeds = [s.seed for s in result.seeds]
         if not rows or not seeds:
             continue
+        source_runs = [folders[(result.arm, s)] for s in seeds]
         records = []
         for row in rows:
             metric = row["metric"]
@@ -271,10 +272,8 @@ def card_results(results: list[ArmResult], runs: list[Run], card: dict) -> dict[
                 per_seed = ", ".join(f"seed {s.seed}: {s.steps if s.steps is not None else 'never'} steps "
                                      f"(no-BN {s.reference_steps})" for s in result.seeds)
                 note = f"{len(values)} of {len(seeds)} seeds reached the no-BN best val/acc; {per_seed}"
-                source_runs = [folders[(result.arm, s)] for s in seeds]
             else:
                 scale = float(row.get("scale", 1.0))
-                source_runs = [folders[(result.arm, s)] for s in seeds]
                 values = [_run_record(f, metric)["ours"] / scale for f in source_runs]
                 note = "mean over seeds " + ", ".join(f"{s}: {v * scale:.2f}" for s, v in zip(seeds, values))
             evidences = [_run_record(f, None).get("evidence", {}) for f in source_runs]
