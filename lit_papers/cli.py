@@ -273,9 +273,12 @@ class LitPapersCLI(LightningCLI):
         finished = False
         try:
             super()._run_subcommand(subcommand)
-            finished = subcommand == "fit" and not self.trainer.interrupted
-            if finished and self.config_init[subcommand].run.test_after_fit:
+            trained = subcommand == "fit" and not self.trainer.interrupted
+            if trained and self.config_init[subcommand].run.test_after_fit:
+                # FINISHED only once the test has run too: a test that crashes leaves the run resumable, and the
+                # same command again restores last.ckpt (already at max_steps, so no step is repeated) and tests
                 self.trainer.test(self.model, datamodule=self.datamodule)
+            finished = trained and not self.trainer.interrupted
         finally:
             if self.trainer.is_global_zero:
                 runs.release_lock(run_dir, finished=finished)

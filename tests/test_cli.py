@@ -58,6 +58,27 @@ def test_test_after_fit_and_wandb_offline_with_full_config(cli, tmp_path):
     assert any(r.get("test/acc") for r in _metrics(run))
 
 
+def test_a_crashed_test_after_fit_leaves_the_run_resumable_and_the_rerun_only_tests(cli, tmp_path):
+    ok = tmp_path / "let_the_test_pass"
+    args = ("fit", "--config", TINY, "--wandb", "false", "--trainer.max_steps", "4", "--run.test_after_fit", "true",
+            "--trainer.callbacks+=tests.helpers.probes.FailTestUnless", f"--trainer.callbacks.unless={ok}")
+    proc = cli(*args, check=False)
+    assert proc.returncode != 0 and "failed on purpose" in proc.stderr
+    run = cli.runs / "resnet_cifar" / "tiny" / "v0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "FINISHED").exists()  # training ended, the run did not (it has no test result)
+    assert not any(r.get("test/acc") for r in _metrics(run))
+    trained = [r["step"] for r in _metrics(run) if r.get("train/loss")]
+
+    ok.write_text("")
+    cli(*args)  # the same command: resumes v0 at step 4, trains nothing, tests
+    assert not (cli.runs / "resnet_cifar" / "tiny" / "v1").exists()
+    assert (run / "FINISHED").exists() and not (run / "run.lock").exists()
+    rows = _metrics(run)
+    assert [r["step"] for r in rows if r.get("train/loss")] == trained  # no training step was repeated
+    assert any(r.get("test/acc") for r in rows)
+
+
 def test_wrong_config_key_is_a_clear_error(cli):
     proc = cli("fit", "--config", TINY, "--wandb", "false", "--model.init_args.model.init_args.dept", "20", check=False)
     assert proc.returncode != 0

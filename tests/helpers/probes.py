@@ -31,6 +31,17 @@ class RecordBatches(L.Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(info))
 
 
+class FailTestUnless(L.Callback):
+    """Raises at the start of ``test`` unless the file ``unless`` exists (a test phase that crashes)."""
+
+    def __init__(self, unless: str) -> None:
+        self.unless = Path(unless)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if not self.unless.exists():
+            raise RuntimeError(f"test phase failed on purpose (create {self.unless} to let it pass)")
+
+
 class KillAtStep(L.Callback):
     """SIGKILLs its own process when the global step reaches ``$KILL_AT_STEP`` (a crash mid-epoch)."""
 
