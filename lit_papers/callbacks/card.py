@@ -341,9 +341,18 @@ class ReproductionCard(L.Callback):
         # reports the steps and fit time that produced the weights, not zeros
         self._fit_seconds_before = 0.0
         self._trained_steps: int | None = None
+        # one record per fit attempt of a resumed run (commit, steps, fit seconds): the evidence says which code
+        # trained which steps. None: a checkpoint written before attempts were recorded (earlier ones unknown).
+        self._attempts_before: list[dict[str, Any]] | None = []
+        self._attempt: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.time()
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        if self._attempt is None and self._fit_start is not None:  # the step this attempt resumed from
+            self._attempt = {"commit": self.git_commit, "from_step": int(trainer.global_step),
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self._fit_start))}
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         self._trained_steps = trainer.global_step
@@ -353,15 +362,28 @@ class ReproductionCard(L.Callback):
             self.fit_seconds = self._fit_seconds_before + time.time() - self._fit_start
             self._trained_steps = trainer.global_step
 
+    def attempts(self) -> list[dict[str, Any]] | None:
+        """Every fit attempt that trained these weights, this one last (``to_step``, ``fit_s`` so far)."""
+        if self._attempts_before is None:
+            return None
+        current = []
+        if self._attempt is not None:
+            current = [{**self._attempt, "to_step": self._trained_steps,
+                        "fit_s": round(time.time() - self._fit_start if self.fit_seconds is None
+                                       else self.fit_seconds - self._fit_seconds_before, 1)}]
+        return self._attempts_before + current
+
     def state_dict(self) -> dict[str, Any]:
         fit = self.fit_seconds
         if fit is None and self._fit_start is not None:
             fit = self._fit_seconds_before + time.time() - self._fit_start
-        return {"fit_time_s": fit, "global_step": self._trained_steps}
+        return {"fit_time_s": fit, "global_step": self._trained_steps, "attempts": self.attempts()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._fit_seconds_before = float(state_dict.get("fit_time_s") or 0.0)
         self._trained_steps = state_dict.get("global_step")
+        before = state_dict.get("attempts", None if state_dict.get("fit_time_s") else [])
+        self._attempts_before = None if before is None else [dict(a) for a in before]
         if self._fit_start is None:  # test/validate from a checkpoint: report what trained these weights
             self.fit_seconds = state_dict.get("fit_time_s")
 
@@ -402,6 +424,7 @@ class ReproductionCard(L.Callback):
             "versions": versions(),
             "wall_time_s": round(time.time() - self.start_time, 1),
             "fit_time_s": None if self.fit_seconds is None else round(self.fit_seconds, 1),
+            "attempts": self.attempts(),  # None: trained (partly) before attempts were recorded
             "global_step": trainer.global_step or self._trained_steps or 0,
             "run_dir": self.run_dir,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

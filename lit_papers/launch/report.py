@@ -168,10 +168,17 @@ def evidence_text(r: dict, local_links: bool = False) -> str:
     device = ", ".join(hw.get("gpus") or []) or f"{hw.get('cpu_count', '?')}-core CPU"
     fit = ev.get("fit_time_s")
     steps = ev.get("global_step")
+    attempts = ev.get("attempts")
     took = f"{steps} steps" + (f", fit {_duration(fit)}" if fit else "")
+    if attempts and len(attempts) > 1:
+        took += f" in {len(attempts)} attempts"
     if ev.get("wall_time_s") is not None:
         took += f", run wall {_duration(ev['wall_time_s'])}"
     parts = [f"seed {ev.get('seed')}", device, took]
+    commits = list(dict.fromkeys(a.get("commit") or "?" for a in attempts or []))
+    if len(commits) > 1 or any(c.endswith("-dirty") for c in commits):  # what trained the steps, not only the last
+        parts.append("**⚠️ trained by** " + ", ".join(f"`{c[:10]}{'-dirty' if c.endswith('-dirty') else ''}`"
+                                                    for c in commits))
     if ev.get("train_items") is not None:
         parts.append(f"{ev['train_items']} training {ev.get('train_items_unit') or 'items'}")
     found = ev.get("versions") or {}

@@ -75,6 +75,42 @@ def test_test_from_checkpoint_reports_the_training_that_made_it(tmp_path):
     assert evidence["fit_time_s"] is not None and evidence["fit_time_s"] >= 0
 
 
+def test_a_resumed_run_records_each_attempt_with_its_commit_and_steps(tmp_path, monkeypatch):
+    """Two fit attempts (3 steps on one commit, resumed to 5 on another): the evidence lists both, so a card
+    can say that the weights were not trained by one clean commit; the report says so next to the row."""
+    from lit_papers.callbacks import card as card_module
+
+    card = tmp_path / "card.yaml"
+    card.write_text(yaml.safe_dump({"paper": "Toy", "results": [
+        {"variant": "toy", "metric": "test/error", "value": 8.0, "source": "Table 1", "kind": "paper"}]}))
+    data = DataLoader(TensorDataset(torch.zeros(8, 1)), batch_size=1)
+
+    def attempt(commit, max_steps, ckpt_path=None):
+        monkeypatch.setattr(card_module, "git_commit", lambda: commit)
+        trainer = L.Trainer(max_steps=max_steps, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                            default_root_dir=tmp_path, enable_model_summary=False,
+                            callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=0),
+                                       FinalLastCheckpoint(),
+                                       ReproductionCard(run_dir=str(tmp_path), card_path=str(card), variant="toy")])
+        trainer.fit(_Trainable(), data, ckpt_path=ckpt_path)
+        trainer.test(_Trainable(), data, verbose=False)
+        return json.loads((tmp_path / "card_result.json").read_text())[0]["evidence"]
+
+    first = attempt("aaaaaaaaaaaa", 3)
+    assert [(a["commit"], a["from_step"], a["to_step"]) for a in first["attempts"]] == [("aaaaaaaaaaaa", 0, 3)]
+    second = attempt("bbbbbbbbbbbb-dirty", 5, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert [(a["commit"], a["from_step"], a["to_step"]) for a in second["attempts"]] == [
+        ("aaaaaaaaaaaa", 0, 3), ("bbbbbbbbbbbb-dirty", 3, 5)]
+    assert second["fit_time_s"] == pytest.approx(sum(a["fit_s"] for a in second["attempts"]), abs=0.2)
+
+    from lit_papers.launch.report import evidence_text
+
+    text = evidence_text({"evidence": second, "result_file": "r.json", "paper": "toy"})
+    assert "in 2 attempts" in text and "trained by** `aaaaaaaaaa`, `bbbbbbbbbb-dirty`" in text
+    one = evidence_text({"evidence": first, "result_file": "r.json", "paper": "toy"})
+    assert "attempts" not in one and "trained by" not in one
+
+
 def test_callback_writes_json_with_evidence(tmp_path):
     card = tmp_path / "card.yaml"
     card.write_text(yaml.safe_dump({"paper": "Toy", "results": [
