@@ -31,10 +31,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_papers.detection.evaluators import COCOMetrics, DetectionEvaluator
+from lit_papers.metrics.hooks import EvaluationHooks
 from lit_papers.schedules import optimizer_config
 
 
-class DetectionLitModule(L.LightningModule):
+class DetectionLitModule(EvaluationHooks, L.LightningModule):
     def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None = None,
                  evaluators: list[DetectionEvaluator] | None = None) -> None:
         super().__init__()
@@ -111,23 +112,6 @@ class DetectionLitModule(L.LightningModule):
                     if path is not None:
                         rank_zero_info(f"[test] official results: {path}")
 
-    def on_validation_epoch_start(self) -> None:
-        self._start_eval("val")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_eval("test")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval("test")
 
     # -- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):

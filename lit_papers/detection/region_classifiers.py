@@ -53,6 +53,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_papers.detection.evaluators import DetectionEvaluator, VOCMeanAP
+from lit_papers.metrics.hooks import EvaluationHooks
 from lit_papers.schedules import optimizer_config
 
 # -- 1. proposals ------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def image_key(image: torch.Tensor) -> str:
     return hashlib.sha1(image.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-class RegionDetectorLitModule(L.LightningModule):
+class RegionDetectorLitModule(EvaluationHooks, L.LightningModule):
     """Fine-tuning, SVM / regressor fitting and evaluation of a region-feature detector (see the module docstring).
 
     Logged: ``train/loss`` (softmax over K + 1 on the sampled regions), ``train/fg_acc``; after each validation
@@ -495,7 +496,7 @@ class RegionDetectorLitModule(L.LightningModule):
             evaluator.start(dataset, ("bbox",))
         self._eval_seconds, self._eval_images = 0.0, 0
 
-    def _eval_step(self, batch) -> None:
+    def _eval_step(self, batch, batch_idx: int = 0) -> None:
         images, targets = batch
         for image, target in zip(images, targets):
             self.proposals_for(image)  # proposals are not timed (the paper reports them separately)
@@ -518,23 +519,6 @@ class RegionDetectorLitModule(L.LightningModule):
                     self.log(f"{stage}/{name}{suffix}_n", float(self._eval_images))
         self.log(f"{stage}/seconds_per_image", self._eval_seconds / max(1, self._eval_images))
 
-    def on_validation_epoch_start(self) -> None:
-        self._start_eval("val")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_eval("test")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval("test")
 
     def configure_optimizers(self):
         return optimizer_config(self.optimizer_factory(self.model.parameters()), self.scheduler_factory)

@@ -31,6 +31,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from lit_papers.metrics.hooks import EvaluationHooks
+
 MAX_DETS = (10, 100, 1000)
 AREAS = ("all", "small", "medium", "large")
 
@@ -217,7 +219,7 @@ class ProposalSets:
         return out
 
 
-class ProposalEvaluationMixin:
+class ProposalEvaluationMixin(EvaluationHooks):
     """The validation / test hooks of a LightningModule that evaluates proposals (DeepMask, SharpMask): every
     whole image of the datamodule's ``eval_dataset(stage)`` goes through ``self.proposal_sets(image)`` (timed), the
     sets are scored by :class:`ProposalSets` and logged as ``<stage>/<key>`` plus ``<stage>/seconds_per_image``;
@@ -258,20 +260,3 @@ class ProposalEvaluationMixin:
                 f"{key} AR@{'/'.join(map(str, ks))} = " + " / ".join(f"{metrics[f'{key}_AR{k}']:.3f}" for k in ks)
                 for key in sorted({k.rsplit("_AR", 1)[0] for k in metrics})) + f"; {seconds:.3f} s/image")
 
-    def on_validation_epoch_start(self) -> None:
-        self._start_eval("val")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_eval("test")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval("test")

@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_papers.metrics.fewshot import moments_ci95
+from lit_papers.metrics.hooks import EvaluationHooks
 from lit_papers.schedules import optimizer_config
 
 REPORTED = (1, 2, 3, 4, 5, 10)  # Table 1's columns
@@ -29,7 +30,7 @@ def instance_numbers(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return counts.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (B, T)
 
 
-class MANNLitModule(L.LightningModule):
+class MANNLitModule(EvaluationHooks, L.LightningModule):
     def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable,
                  scheduler: LRSchedulerCallable | None = None, max_instance: int = 10) -> None:
         super().__init__()
@@ -70,15 +71,15 @@ class MANNLitModule(L.LightningModule):
         return loss
 
     # -- evaluation -------------------------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start_eval(self, stage: str) -> None:
         self._sums = torch.zeros(6, self.hparams.max_instance, dtype=torch.float64, device=self.device)
 
-    def _eval_step(self, batch: dict) -> None:
+    def _eval_step(self, batch: dict, batch_idx: int = 0) -> None:
         logits, labels, loss = self._forward(batch)
         self._sums[:5] += self._instance_counts(logits, labels)
         self._sums[5, 0] += loss.double().sum()
 
-    def _end(self, stage: str) -> None:
+    def _end_eval(self, stage: str) -> None:
         sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
         correct, total = sums[0], sums[1]
         if total.sum() <= 0:
@@ -92,23 +93,6 @@ class MANNLitModule(L.LightningModule):
         self.log(f"{stage}/acc", float(correct.sum() / total.sum()), sync_dist=False)
         self.log(f"{stage}/loss", float(sums[5, 0] / total.sum()), sync_dist=False)
 
-    def on_validation_epoch_start(self) -> None:
-        self._start()
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._end("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start()
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._end("test")
 
     def configure_optimizers(self):
         return optimizer_config(self.optimizer_factory(self.parameters()), self.scheduler_factory)

@@ -29,6 +29,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_papers.metrics.fewshot import binomial_ci95, episode_moments, moments_ci95
+from lit_papers.metrics.hooks import EvaluationHooks
 from lit_papers.ops.affine import affine_warp, random_affine_params
 from lit_papers.schedules import optimizer_config
 
@@ -41,7 +42,7 @@ def task_names(loaders) -> list[str]:
     return [getattr(dl.dataset, "name", f"set{i}") for i, dl in enumerate(loaders)]
 
 
-class ProtoNetLitModule(L.LightningModule):
+class ProtoNetLitModule(EvaluationHooks, L.LightningModule):
     def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable,
                  scheduler: LRSchedulerCallable | None = None,
                  test_time_augment: tuple[int, float, float] | None = None, channels_last: bool = False) -> None:
@@ -72,7 +73,8 @@ class ProtoNetLitModule(L.LightningModule):
         return loss
 
     # -- evaluation -------------------------------------------------------------------------------------------
-    def _start(self, loaders) -> None:
+    def _start_eval(self, stage: str) -> None:
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
         # (episodes, sum acc, sum acc^2, sum loss, queries, correct queries) per task, float64; same keys on all ranks
         self._moments = {name: torch.zeros(6, dtype=torch.float64) for name in task_names(loaders)}
         self._embeddings = {}
@@ -108,7 +110,7 @@ class ProtoNetLitModule(L.LightningModule):
             self._embeddings.update(zip(new, z))
         return torch.stack([self._embeddings[k] for k in flat]).view(*keys.shape, -1)  # (B, M, D)
 
-    def _eval_step(self, batch: dict) -> None:
+    def _eval_step(self, batch: dict, batch_idx: int = 0) -> None:
         if self.training:  # batch norm in training mode: support and query must share one forward pass
             logits = self.episode_logits(batch).float()  # (B, Q, N)
         else:  # eval mode: embeddings do not depend on what else is in the batch
@@ -128,7 +130,7 @@ class ProtoNetLitModule(L.LightningModule):
         update = torch.cat([moments, loss.detach().double().sum().cpu().view(1), counts])
         self._moments[batch["task"]] = self._moments.get(batch["task"], torch.zeros(6, dtype=torch.float64)) + update
 
-    def _end(self, stage: str) -> None:
+    def _end_eval(self, stage: str) -> None:
         total_n, total_loss = 0.0, 0.0
         for name in sorted(self._moments):
             moments = self.trainer.strategy.reduce(self._moments[name].to(self.device), reduce_op="sum").cpu()
@@ -148,23 +150,6 @@ class ProtoNetLitModule(L.LightningModule):
             self.log(f"{stage}/loss", total_loss / total_n, sync_dist=False)
         self._moments = {}
 
-    def on_validation_epoch_start(self) -> None:
-        self._start(self.trainer.val_dataloaders)
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._end("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start(self.trainer.test_dataloaders)
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._end("test")
 
     def configure_optimizers(self):
         return optimizer_config(self.optimizer_factory(self.parameters()), self.scheduler_factory)
