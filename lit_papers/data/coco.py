@@ -52,8 +52,9 @@ from lit_papers.data.base import ShardedDataModule
 from lit_papers.data.download import DatasetError, DatasetMissingError, Remote, ensure_archive, extract
 from lit_papers.data.grouping import GroupedBatchSampler
 from lit_papers.data.images import ImageRef, VerifyMode, bad_images_error, read_image, verify_images
-from lit_papers.data.root import data_root, family_dir, generated_dir, generated_source
+from lit_papers.data.root import data_root, family_dir, generated_dir
 from lit_papers.data.samplers import ShardSampler
+from lit_papers.data.shapes import GeneratedShapesMixin
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +383,7 @@ def _fmt(counts: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
 
 
-class ShapesDataModule(COCODataModule):
+class ShapesDataModule(GeneratedShapesMixin, COCODataModule):
     """:class:`COCODataModule` over the generated shapes set, written once under
     ``$LIT_PAPERS_CACHE/generated/coco/<subdir>`` (``~/.cache/lit_papers/...``; ``<root>/coco/<subdir>`` when
     ``root`` is given), never into ``$LIT_PAPERS_DATA``; change ``subdir`` when changing the generator's options.
@@ -398,16 +399,3 @@ class ShapesDataModule(COCODataModule):
         self.hparams.min_size, self.hparams.max_size = min_size or image_size, max_size or image_size
         self.folder = generated_dir("coco", root) / subdir
 
-    def source(self) -> str:
-        return generated_source(self.hparams.root, self.hparams.subdir)
-
-    def prepare_data(self) -> None:
-        from lit_papers.data.shapes import write_shapes
-
-        hp = self.hparams
-        write_shapes(self.folder, num_train=hp.num_train, num_val=hp.num_val, size=hp.image_size,
-                     max_objects=hp.max_objects, seed=hp.generator_seed)
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()  # idempotent; also covers processes that skipped prepare_data
-        super().setup(stage)

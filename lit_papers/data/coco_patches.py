@@ -47,7 +47,8 @@ from lit_papers.data.base import ShardedDataModule
 from lit_papers.data.coco import COCODetection, coco_targets, collate_detection
 from lit_papers.data.download import DatasetError, DatasetMissingError
 from lit_papers.data.images import bad_images_error, verify_images
-from lit_papers.data.root import family_dir, generated_dir, generated_source
+from lit_papers.data.root import family_dir, generated_dir
+from lit_papers.data.shapes import GeneratedShapesMixin
 
 FILL = (0.485, 0.456, 0.406)  # ImageNet mean: the model's normalisation maps padding to 0
 
@@ -277,7 +278,7 @@ class COCOPatchesDataModule(ShardedDataModule):
                                 collate_fn=collate_detection)
 
 
-class ShapesPatchesDataModule(COCOPatchesDataModule):
+class ShapesPatchesDataModule(GeneratedShapesMixin, COCOPatchesDataModule):
     """:class:`COCOPatchesDataModule` on the generated COCO-format shapes set (:mod:`lit_papers.data.shapes`),
     written once under ``$LIT_PAPERS_CACHE/generated/coco/<subdir>`` (never into ``$LIT_PAPERS_DATA``)."""
 
@@ -287,16 +288,3 @@ class ShapesPatchesDataModule(COCOPatchesDataModule):
         self.save_hyperparameters()
         self.folder = generated_dir("coco", root) / subdir
 
-    def source(self) -> str:
-        return generated_source(self.hparams.root, self.hparams.subdir)
-
-    def prepare_data(self) -> None:
-        from lit_papers.data.shapes import write_shapes
-
-        hp = self.hparams
-        write_shapes(self.folder, num_train=hp.num_train, num_val=hp.num_val, size=hp.image_size,
-                     max_objects=hp.max_objects, seed=hp.generator_seed)
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()
-        super().setup(stage)

@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from lit_papers.data.root import generated_source
+
 CATEGORIES = ({"id": 1, "name": "circle", "supercategory": "shape"},
               {"id": 2, "name": "square", "supercategory": "shape"},
               {"id": 3, "name": "triangle", "supercategory": "shape"})
@@ -224,3 +226,22 @@ def write_shapes(folder: str | os.PathLike, *, num_train: int = 1000, num_val: i
     spec = {"generator": "coco_shapes", "num_train": num_train, "num_val": num_val, "size": size,
             "max_objects": max_objects, "seed": seed}
     return write_atomically(folder, "annotations/instances_val2017.json", fill, spec)
+
+
+class GeneratedShapesMixin:
+    """The generated-set part of a COCO-format DataModule over this set (boxes or patches): the set is written
+    once to ``self.folder`` from the hparams ``num_train``, ``num_val``, ``image_size``, ``max_objects``,
+    ``generator_seed`` (a set written with other options is an error, :func:`check_spec`), in ``prepare_data``
+    and again (idempotent) in ``setup`` for processes that skipped ``prepare_data``; ``root``/``subdir`` name it."""
+
+    def source(self) -> str:
+        return generated_source(self.hparams.root, self.hparams.subdir)
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        write_shapes(self.folder, num_train=hp.num_train, num_val=hp.num_val, size=hp.image_size,
+                     max_objects=hp.max_objects, seed=hp.generator_seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+        super().setup(stage)
