@@ -196,6 +196,16 @@ def test_c4_head_is_res5_shared_by_box_and_mask_heads():
     pooled = torch.rand(3, 256, 14, 14)  # resnet18 C4 has 256 channels
     assert box_head.trunk(pooled).shape == (3, 512, 7, 7) and box_head(pooled).shape == (3, 512)
     assert branch.head(pooled).shape == (3, 4, 14, 14) and branch.mask_size == 14
+    # inference runs the head layer by layer (each input freed when used): the same function as the module call
+    from lit_papers.papers.mask_rcnn.model import head_layers
+
+    box_head.eval()
+    with torch.no_grad():
+        x = pooled
+        for layer in head_layers(branch.head):
+            x = layer(x)
+        assert torch.equal(x, branch.head(pooled))
+    box_head.train()
     images, targets = batch()
     losses = model(images, targets)
     res5 = dict(box_head.trunk.named_parameters())

@@ -24,6 +24,8 @@ Sec. 3 of the paper, top to bottom:
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +52,25 @@ class MaskHead(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def layers(self) -> list:
         # ReLU in place: the deconv output (P, 256, 28, 28), the largest tensor of the head, is not kept twice
-        return self.predictor(F.relu(self.deconv(self.convs(x)), inplace=True))
+        return [*self.convs, self.deconv, partial(F.relu, inplace=True), self.predictor]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers():
+            x = layer(x)
+        return x
+
+
+def head_layers(head: nn.Module) -> list:
+    """A head as the flat list of its layers (``MaskHead.layers()``, ``nn.Sequential`` children, recursively), so
+    that inference can run it layer by layer and free each input as soon as the next layer has it (a module call
+    keeps its input alive until it returns: the pooled RoI features would stay in memory during the deconv)."""
+    if hasattr(head, "layers"):
+        return head.layers()
+    if isinstance(head, nn.Sequential):
+        return [layer for child in head for layer in head_layers(child)]
+    return [head]
 
 
 class MaskBranch(nn.Module):
@@ -93,7 +111,11 @@ class MaskBranch(nn.Module):
             for d in detections:
                 d["mask_probs"] = d["boxes"].new_zeros((0, 1, self.mask_size, self.mask_size))
             return detections
-        logits = self.head(self.pooler(features, boxes, image_shapes)).float()  # (N, K', M, M)
+        x = self.pooler(features, boxes, image_shapes)  # (N, C, S, S)
+        for layer in head_layers(self.head):  # = self.head(x), with each intermediate freed when used
+            x = layer(x)
+        logits = x.float()  # (N, K', M, M)
+        del x
         labels = torch.cat([d["labels"] for d in detections])
         index = torch.arange(len(labels), device=labels.device)
         if self.loss_type == "softmax":
