@@ -69,7 +69,7 @@ class DetectionLitModule(EvaluationHooks, L.LightningModule):
     def _start_eval(self, stage: str) -> None:
         dataset = self.trainer.datamodule.eval_dataset(stage)
         for evaluator in self.evaluators:
-            evaluator.start(dataset, tuple(self.model.iou_types))
+            evaluator.start(dataset, tuple(self.model.iou_types), stage=stage)
         self.example_predictions = None
 
     @torch.no_grad()

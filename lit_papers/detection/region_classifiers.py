@@ -493,7 +493,7 @@ class RegionDetectorLitModule(EvaluationHooks, L.LightningModule):
         self._ensure_fitted()
         dataset = self.trainer.datamodule.eval_dataset(stage)
         for evaluator in [*self.evaluators, *self.evaluators_no_bbox]:
-            evaluator.start(dataset, ("bbox",))
+            evaluator.start(dataset, ("bbox",), stage=stage)
         self._eval_seconds, self._eval_images = 0.0, 0
 
     def _eval_step(self, batch, batch_idx: int = 0) -> None:
@@ -516,7 +516,8 @@ class RegionDetectorLitModule(EvaluationHooks, L.LightningModule):
             for evaluator in evaluators:
                 for name, value in evaluator.finish().items():
                     self.log(f"{stage}/{name}{suffix}", float(value))
-                    self.log(f"{stage}/{name}{suffix}_n", float(self._eval_images))
+                    if not name.endswith(("_ci95", "_n")):
+                        self.log(f"{stage}/{name}{suffix}_n", float(self._eval_images))
         self.log(f"{stage}/seconds_per_image", self._eval_seconds / max(1, self._eval_images))
 
 

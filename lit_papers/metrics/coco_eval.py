@@ -56,15 +56,64 @@ def detections_to_coco(image_id: int, boxes: torch.Tensor, scores: torch.Tensor,
     return records
 
 
-def evaluate_records(coco_gt: COCO, records: list[dict], iou_type: str, image_ids: Iterable[int] | None = None
-                     ) -> dict[str, float]:
+def _ap_of_accumulated(evaluator: COCOeval) -> float:
+    """AP @[IoU .50:.95, all areas, 100 detections] from ``evaluator.eval`` (what ``summarize`` reports first)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K) at area "all", maxDets[-1] = 100
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
+def bootstrap_ap_ci95(evaluator: COCOeval, resamples: int = 200, seed: int = 0) -> float:
+    """95 % half-width of AP over the evaluated images: ``1.96 x`` the standard deviation of AP over
+    ``resamples`` sets of the same number of images drawn with replacement (the images are the sampling unit:
+    detections within an image are not independent). ``evaluator`` has run ``evaluate()``; its per-image
+    matches are reused, only ``accumulate()`` runs per resample, and the evaluator is left as it was.
+
+    pycocotools indexes ``evalImgs`` as [category][area][image] by position in ``imgIds``; a resample lists the
+    chosen images' blocks in that order (a duplicate image is two entries), with both ``params`` and the
+    evaluated params' ``imgIds`` set to the chosen list, so ``accumulate`` treats every draw as an image."""
+    n = len(evaluator._paramsEval.imgIds)
+    if n < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    values = resampled_ap(evaluator, [rng.integers(0, n, size=n) for _ in range(resamples)])
+    return float(1.96 * np.std(values, ddof=1))
+
+
+def resampled_ap(evaluator: COCOeval, picks: list) -> list[float]:
+    """AP of an evaluated ``COCOeval`` on each list of image positions in ``picks`` (into the evaluated
+    ``imgIds``; repeats allowed), by ``accumulate`` on the reordered per-image matches; the evaluator is restored."""
+    params, evaluated = evaluator.params, evaluator._paramsEval
+    ids = list(evaluated.imgIds)
+    n, areas = len(ids), len(evaluated.areaRng)
+    cats = len(evaluated.catIds) if evaluated.useCats else 1
+    base, saved = evaluator.evalImgs, (evaluator.evalImgs, list(params.imgIds), ids, evaluator.eval)
+    values = []
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            for pick in picks:
+                evaluator.evalImgs = [base[(k * areas + a) * n + int(i)] for k in range(cats) for a in range(areas)
+                                      for i in pick]
+                params.imgIds = evaluated.imgIds = [ids[int(i)] for i in pick]
+                evaluator.accumulate()
+                values.append(_ap_of_accumulated(evaluator))
+    finally:
+        evaluator.evalImgs, params.imgIds, evaluated.imgIds, evaluator.eval = saved
+    return values
+
+
+def evaluate_records(coco_gt: COCO, records: list[dict], iou_type: str, image_ids: Iterable[int] | None = None,
+                     *, bootstrap: int = 0) -> dict[str, float]:
     """pycocotools COCOeval of results ``records`` on ``image_ids`` (default: all GT images). Returns the 12
-    summary numbers (-1 where undefined, as COCOeval). Empty results give all-zero AP (COCOeval cannot load them)."""
+    summary numbers (-1 where undefined, as COCOeval). Empty results give all-zero AP (COCOeval cannot load them).
+    ``bootstrap`` > 0 adds ``AP_ci95`` (:func:`bootstrap_ap_ci95` with that many resamples) and ``AP_n``, the
+    number of images."""
     ids = sorted(set(int(i) for i in image_ids)) if image_ids is not None else sorted(coco_gt.getImgIds())
     if iou_type == "segm":
         records = [r for r in records if "segmentation" in r]
     if not records:
-        return dict.fromkeys(STAT_NAMES, 0.0)
+        out = dict.fromkeys(STAT_NAMES, 0.0)
+        return {**out, "AP_ci95": 0.0, "AP_n": float(len(ids))} if bootstrap else out
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(records))  # loadRes mutates records (adds area, id, bbox)
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
@@ -72,7 +121,11 @@ def evaluate_records(coco_gt: COCO, records: list[dict], iou_type: str, image_id
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    out = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    if bootstrap:
+        out["AP_ci95"] = bootstrap_ap_ci95(evaluator, resamples=bootstrap)
+        out["AP_n"] = float(len(ids))
+    return out
 
 
 def summary_table(stats: dict[str, dict[str, float]]) -> str:
@@ -125,7 +178,38 @@ class COCOEvaluator:
     def records(self) -> list[dict]:
         return [r for image_id in sorted(self.results) for r in self.results[image_id]]
 
-    def compute(self) -> dict[str, dict[str, float]]:
-        """{iou_type: {AP, AP50, ...}} over the images seen (call :meth:`gather` first under DDP)."""
+    def compute(self, bootstrap: int = 0) -> dict[str, dict[str, float]]:
+        """{iou_type: {AP, AP50, ...}} over the images seen (call :meth:`gather` first under DDP); with
+        ``bootstrap`` resamples also ``AP_ci95`` and ``AP_n`` (see :func:`evaluate_records`)."""
         records = self.records
-        return {t: evaluate_records(self.coco_gt, records, t, self.results.keys()) for t in self.iou_types}
+        return {t: evaluate_records(self.coco_gt, records, t, self.results.keys(), bootstrap=bootstrap)
+                for t in self.iou_types}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lit_papers.metrics.coco_eval RESULTS.json ANNOTATIONS.json [--iou-type segm] [--bootstrap N]``:
+    AP of an official results file (e.g. a run's ``coco_results_test.json``) with its bootstrap 95 % half-width,
+    as JSON; for results written before the interval was logged."""
+    import argparse
+
+    from lit_papers.data.coco import load_coco
+
+    parser = argparse.ArgumentParser(prog="python -m lit_papers.metrics.coco_eval", description=main.__doc__)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("annotations", type=Path)
+    parser.add_argument("--iou-type", default="bbox", choices=("bbox", "segm"))
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--only-result-images", action="store_true",
+                        help="evaluate only the images that have a detection (default: every image of the annotations, "
+                             "as a run on the whole eval set does)")
+    args = parser.parse_args(argv)
+    gt = load_coco(args.annotations)
+    records = json.loads(args.results.read_text())
+    image_ids = sorted({int(r["image_id"]) for r in records}) if args.only_result_images else None
+    out = evaluate_records(gt, records, args.iou_type, image_ids, bootstrap=args.bootstrap)
+    print(json.dumps({"results": str(args.results), "iou_type": args.iou_type, "bootstrap": args.bootstrap, **out}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -111,11 +111,17 @@ def test_tiny_config_end_to_end(cli, tmp_path):
     assert "COCO AP on 4 images" in text and "segm" in text
     metrics = (run / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "val/segm_AP50" in metrics and "val/bbox_AP" in metrics and "train/loss_mask" in metrics
+    assert "val/segm_AP_ci95" not in metrics  # the bootstrap interval is a test-time number (cost)
     test = cli("test", "--config", "configs/mask_rcnn/tiny.yaml", "--wandb", "false",
                "--data.init_args.root", str(tmp_path / "data"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
     assert test.returncode == 0
     results = json.loads((cli.runs / "mask_rcnn" / "tiny" / "v1" / "coco_results_test.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)
+    import csv
+
+    with open(cli.runs / "mask_rcnn" / "tiny" / "v1" / "csv" / "metrics.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r.get("test/segm_AP"))
+    assert float(row["test/segm_AP_n"]) == 4 and float(row["test/segm_AP_ci95"]) >= 0  # bootstrap over images
 
 
 def test_linear_scaling_rule_callback():

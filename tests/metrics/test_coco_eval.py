@@ -116,3 +116,65 @@ def test_crowd_is_ignore_not_miss(gt):
 
 def test_empty_results_give_zero(gt):
     assert evaluate_records(gt, [], "bbox", IDS)["AP"] == 0.0
+
+
+def _toy_coco(n_images: int, identical: bool):
+    """A small in-memory COCO ground truth (2 categories) and detections: each image has objects of both
+    categories; detections hit, miss or shift them (all images alike when ``identical``)."""
+    rng = np.random.default_rng(0)
+    images, anns, dets = [], [], []
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"})
+        r = np.random.default_rng(0) if identical else rng
+        for cat in (1, 2, 1):
+            x, y = float(r.uniform(0, 60)), float(r.uniform(0, 60))
+            box = [x, y, 30.0, 30.0]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "bbox": box, "area": 900.0,
+                         "iscrowd": 0})
+            shift = float(r.uniform(0, 15))
+            dets.append({"image_id": i, "category_id": cat, "bbox": [x + shift, y, 30.0, 30.0],
+                         "score": float(r.uniform(0.1, 1.0))})
+        dets.append({"image_id": i, "category_id": 2, "bbox": [5.0, 5.0, 20.0, 20.0], "score": float(r.uniform(0, 1))})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt, dets
+
+
+def _evaluated(gt, dets):
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(dets))), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def test_a_resample_without_repeats_is_cocoeval_on_that_subset():
+    """The oracle for the reordered per-image matches: a pick of distinct images gives the AP that pycocotools
+    computes from scratch on just those images; the evaluator is left as it was."""
+    from lit_papers.metrics.coco_eval import resampled_ap
+
+    gt, dets = _toy_coco(8, identical=False)
+    ev = _evaluated(gt, dets)
+    before = ev.stats.copy()
+    for pick in ([0, 2, 3, 7], [5, 1], list(range(8))):
+        ids = [i + 1 for i in pick]
+        expected = evaluate_records(gt, dets, "bbox", image_ids=ids)["AP"]
+        assert resampled_ap(ev, [pick])[0] == pytest.approx(expected, abs=1e-12)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.accumulate()
+        ev.summarize()
+    assert np.array_equal(ev.stats, before)
+
+
+def test_bootstrap_interval_is_zero_for_identical_images_and_positive_otherwise():
+    from lit_papers.metrics.coco_eval import bootstrap_ap_ci95
+
+    gt, dets = _toy_coco(6, identical=True)  # every resample holds copies of one image: AP cannot move
+    assert bootstrap_ap_ci95(_evaluated(gt, dets), resamples=30) == pytest.approx(0.0, abs=1e-12)
+    gt, dets = _toy_coco(12, identical=False)
+    out = evaluate_records(gt, dets, "bbox", bootstrap=100)
+    assert out["AP_n"] == 12 and 0.0 < out["AP_ci95"] < 0.5
+    assert "AP_ci95" not in evaluate_records(gt, dets, "bbox")  # only when asked for
