@@ -241,7 +241,10 @@ class LitPapersCLI(LightningCLI):
         logger_cfg = trainer_cfg.get("logger")
         if logger_cfg is None or logger_cfg is True:
             resuming = self.subcommand == "fit" and cfg.get("ckpt_path") is not None
-            loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv", append=resuming,
+            # test/validate/predict into an existing run folder (--run.version) add their rows to its metrics.csv;
+            # Lightning's CSVLogger would delete the training history first
+            keep = resuming or self.subcommand != "fit"
+            loggers: list[Logger] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="csv", append=keep,
                                                         resume_step=self.resume_step if resuming else None)]
             if cfg.wandb:
                 loggers.append(make_wandb_logger(run_dir, name=f"{self.experiment}/{run_dir.name}"))

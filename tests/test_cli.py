@@ -79,6 +79,20 @@ def test_a_crashed_test_after_fit_leaves_the_run_resumable_and_the_rerun_only_te
     assert any(r.get("test/acc") for r in rows)
 
 
+def test_test_into_the_training_run_folder_keeps_its_metrics(cli):
+    """`test --run.version v0` (e.g. to add a card result to a finished run) appends its rows to metrics.csv;
+    it used to replace the file, so the run's training curves were lost."""
+    cli("fit", "--config", TINY, "--wandb", "false", "--trainer.max_steps", "4")
+    run = cli.runs / "resnet_cifar" / "tiny" / "v0"
+    trained = [(r["step"], r["train/loss"]) for r in _metrics(run) if r.get("train/loss")]
+    assert trained
+    cli("test", "--config", TINY, "--wandb", "false", "--run.version", "v0",
+        "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    rows = _metrics(run)
+    assert [(r["step"], r["train/loss"]) for r in rows if r.get("train/loss")] == trained
+    assert any(r.get("test/acc") for r in rows)
+
+
 def test_wrong_config_key_is_a_clear_error(cli):
     proc = cli("fit", "--config", TINY, "--wandb", "false", "--model.init_args.model.init_args.dept", "20", check=False)
     assert proc.returncode != 0
