@@ -192,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     as JSON; for results written before the interval was logged."""
     import argparse
 
-    from lit_papers.data.coco import load_coco
-
     parser = argparse.ArgumentParser(prog="python -m lit_papers.metrics.coco_eval", description=main.__doc__)
     parser.add_argument("results", type=Path)
     parser.add_argument("annotations", type=Path)
@@ -203,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate only the images that have a detection (default: every image of the annotations, "
                              "as a run on the whole eval set does)")
     args = parser.parse_args(argv)
-    gt = load_coco(args.annotations)
+    with contextlib.redirect_stdout(io.StringIO()):  # metrics depend on ops only: pycocotools reads the file
+        gt = COCO(str(args.annotations))
     records = json.loads(args.results.read_text())
     image_ids = sorted({int(r["image_id"]) for r in records}) if args.only_result_images else None
     out = evaluate_records(gt, records, args.iou_type, image_ids, bootstrap=args.bootstrap)
