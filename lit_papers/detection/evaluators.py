@@ -66,11 +66,14 @@ class COCOMetrics(DetectionEvaluator):
     category ids). ``write_results_json``: at test, the official results JSON ``coco_results_test.json``.
     ``bootstrap``: at test, the 95 % interval of AP over images from that many resamples with replacement
     (logged as ``<iou type>_AP_ci95`` with ``<iou type>_AP_n`` images; 0 = none); ``bootstrap_val``: also at
-    validation (off: it costs one ``accumulate`` per resample, minutes on the 5000 images of COCO val)."""
+    validation (off: it costs one ``accumulate`` per resample, minutes on the 5000 images of COCO val);
+    ``bootstrap_min_images``: no interval below that many images (a handful of images is no sample to resample,
+    and the tiny configs of the test suite would pay for it)."""
 
-    def __init__(self, *, write_results_json: bool = True, bootstrap: int = 200, bootstrap_val: bool = False) -> None:
+    def __init__(self, *, write_results_json: bool = True, bootstrap: int = 200, bootstrap_val: bool = False,
+                 bootstrap_min_images: int = 20) -> None:
         self.write_results_json = write_results_json
-        self.bootstrap, self.bootstrap_val = bootstrap, bootstrap_val
+        self.bootstrap, self.bootstrap_val, self.bootstrap_min_images = bootstrap, bootstrap_val, bootstrap_min_images
         self.evaluator: COCOEvaluator | None = None
         self.stats: dict[str, dict[str, float]] = {}
         self.stage = "val"
@@ -89,7 +92,8 @@ class COCOMetrics(DetectionEvaluator):
 
     def finish(self) -> dict[str, float]:
         self.evaluator.gather()
-        resamples = self.bootstrap if self.stage == "test" or self.bootstrap_val else 0
+        wanted = (self.stage == "test" or self.bootstrap_val) and self.num_images >= self.bootstrap_min_images
+        resamples = self.bootstrap if wanted else 0
         self.stats = self.evaluator.compute(bootstrap=resamples)
         return {f"{kind}_{name}": value for kind, values in self.stats.items() for name, value in values.items()}
 

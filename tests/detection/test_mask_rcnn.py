@@ -121,7 +121,7 @@ def test_tiny_config_end_to_end(cli, tmp_path):
 
     with open(cli.runs / "mask_rcnn" / "tiny" / "v1" / "csv" / "metrics.csv") as fh:
         row = next(r for r in csv.DictReader(fh) if r.get("test/segm_AP"))
-    assert float(row["test/segm_AP_n"]) == 4 and float(row["test/segm_AP_ci95"]) >= 0  # bootstrap over images
+    assert "test/segm_AP_ci95" not in row  # 4 images: too few to resample (bootstrap_min_images)
 
 
 def test_linear_scaling_rule_callback():

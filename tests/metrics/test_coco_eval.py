@@ -178,3 +178,30 @@ def test_bootstrap_interval_is_zero_for_identical_images_and_positive_otherwise(
     out = evaluate_records(gt, dets, "bbox", bootstrap=100)
     assert out["AP_n"] == 12 and 0.0 < out["AP_ci95"] < 0.5
     assert "AP_ci95" not in evaluate_records(gt, dets, "bbox")  # only when asked for
+
+
+def test_coco_metrics_logs_the_interval_at_test_only_and_from_enough_images():
+    from types import SimpleNamespace
+
+    from lit_papers.detection.evaluators import COCOMetrics
+
+    gt, dets = _toy_coco(24, identical=False)
+    dataset = SimpleNamespace(coco=gt, cat_ids=[1, 2])
+
+    def run(stage, n_images, **options):
+        metrics = COCOMetrics(write_results_json=False, bootstrap=50, **options)
+        metrics.start(dataset, ("bbox",), stage=stage)
+        for image_id in range(1, n_images + 1):
+            mine = [d for d in dets if d["image_id"] == image_id]
+            boxes = torch.tensor([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]]
+                                  for d in mine], dtype=torch.float64)
+            metrics.update(image_id, {"boxes": boxes, "scores": torch.tensor([d["score"] for d in mine]),
+                                      "labels": torch.tensor([d["category_id"] for d in mine])})
+        return metrics.finish()
+
+    test = run("test", 24)
+    assert test["bbox_AP_n"] == 24 and test["bbox_AP_ci95"] > 0
+    assert test["bbox_AP"] == pytest.approx(evaluate_records(gt, dets, "bbox", image_ids=range(1, 25))["AP"])
+    assert "bbox_AP_ci95" not in run("val", 24)  # validation: off unless bootstrap_val
+    assert "bbox_AP_ci95" in run("val", 24, bootstrap_val=True)
+    assert "bbox_AP_ci95" not in run("test", 10)  # below bootstrap_min_images (20)
