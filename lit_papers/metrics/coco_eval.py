@@ -201,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate only the images that have a detection (default: every image of the annotations, "
                              "as a run on the whole eval set does)")
     args = parser.parse_args(argv)
+    for path in (args.results, args.annotations):
+        if not path.is_file():
+            parser.error(f"{path}: no such file")
+    try:
+        records = json.loads(args.results.read_text())
+    except json.JSONDecodeError as exc:
+        parser.error(f"{args.results}: not a COCO results JSON ({exc})")
     with contextlib.redirect_stdout(io.StringIO()):  # metrics depend on ops only: pycocotools reads the file
         gt = COCO(str(args.annotations))
-    records = json.loads(args.results.read_text())
     image_ids = sorted({int(r["image_id"]) for r in records}) if args.only_result_images else None
     out = evaluate_records(gt, records, args.iou_type, image_ids, bootstrap=args.bootstrap)
     print(json.dumps({"results": str(args.results), "iou_type": args.iou_type, "bootstrap": args.bootstrap, **out}))
