@@ -118,15 +118,16 @@ def test_tiny_variant_configs_train_and_every_parameter_gets_a_gradient(cli, tmp
 
 
 @pytest.mark.parametrize("net", ["mann", "lstm"])
-def test_cpu_schedule_configs_differ_from_the_paper_configs_only_in_steps(net):
+@pytest.mark.parametrize("suffix, episodes", [("cpu", 100_000), ("25k", 400_000)])
+def test_cpu_schedule_configs_differ_from_the_paper_configs_only_in_steps(net, suffix, episodes):
     """omniglot_<net>_cpu.yaml is the paper's recipe read as 100,000 episodes (6,250 batches of 16): the model, data,
     optimiser and augmentation must be those of omniglot_<net>.yaml, or the card's 'scaled' rows compare something else."""
     import yaml
 
     root = Path(__file__).resolve().parents[2] / "configs" / "mann"
     paper = yaml.safe_load((root / f"omniglot_{net}.yaml").read_text())
-    cpu = yaml.safe_load((root / f"omniglot_{net}_cpu.yaml").read_text())
-    assert cpu["trainer"].pop("max_steps") * cpu["data"]["init_args"]["episodes_per_batch"] == 100_000
+    cpu = yaml.safe_load((root / f"omniglot_{net}_{suffix}.yaml").read_text())
+    assert cpu["trainer"].pop("max_steps") * cpu["data"]["init_args"]["episodes_per_batch"] == episodes
     paper["trainer"].pop("max_steps")
     assert cpu["trainer"] == paper["trainer"]
     for key in ("seed_everything", "model", "data"):
