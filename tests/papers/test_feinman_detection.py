@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torchattacks
 
@@ -76,6 +77,7 @@ def test_module_gives_an_auc_per_attack():
     for key in ("fgsm", "bim_a"):
         assert 0.0 <= out[f"auc_{key}"] <= 1.0 and out[f"auc_{key}_n"] > 0 and 0 < out[f"attack_success_{key}"] <= 1
         assert out[f"l2_{key}"] > 0
+        assert 0.0 < out[f"auc_{key}_ci95"] < 0.5 and out[f"auc_{key}_images"] == out[f"auc_{key}_n"] // 3
     assert set(module.roc) == {"fgsm", "bim-a"}
 
 
@@ -94,3 +96,57 @@ def test_kde_images_are_a_seeded_sample_across_classes_of_a_class_ordered_folder
     assert torch.equal(x, again)  # seeded by attack_seed
     module.attack_seed = 4
     assert not torch.equal(x, module._sample_training_images(dataset)[0])
+
+
+def _hanley_mcneil_ci95(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982), the standard error of an AUC from independent rows: the oracle for the bootstrap."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc ** 2) + (n_neg - 1) * (q2 - auc ** 2)) / (n_pos * n_neg)
+    return 1.96 * var ** 0.5
+
+
+def test_auc_interval_matches_hanley_mcneil_on_independent_rows():
+    from sklearn.metrics import roc_auc_score
+
+    from lit_papers.papers.feinman_detection.detector import bootstrap_auc_ci95
+
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(300), np.ones(150)]
+    score = rng.normal(size=450) + 1.0 * y            # AUC about 0.76
+    auc = roc_auc_score(y, score)
+    ours = bootstrap_auc_ci95(y, score, np.arange(450), resamples=2000)
+    oracle = _hanley_mcneil_ci95(auc, 150, 300)
+    assert abs(ours - oracle) / oracle < 0.12, (ours, oracle)
+
+
+def test_auc_interval_resamples_images_not_rows():
+    """Three identical rows per image carry one image's information: grouped by image, the interval is that of the
+    single rows (to the draw: the same seed gives the same resampled images); treating the copies as independent
+    rows would make it about sqrt(3) narrower."""
+    from lit_papers.papers.feinman_detection.detector import bootstrap_auc_ci95
+
+    rng = np.random.default_rng(2)
+    y = np.r_[np.zeros(80), np.ones(80)]
+    score = rng.normal(size=160) + y
+    single = bootstrap_auc_ci95(y, score, np.arange(160), resamples=500)
+    y3, s3 = np.tile(y, 3), np.tile(score, 3)
+    grouped = bootstrap_auc_ci95(y3, s3, np.tile(np.arange(160), 3), resamples=500)
+    as_rows = bootstrap_auc_ci95(y3, s3, np.arange(480), resamples=500)
+    assert grouped == pytest.approx(single, rel=1e-9)
+    assert as_rows < 0.75 * grouped
+
+
+def test_detector_auc_reports_intervals_over_test_images():
+    from lit_papers.papers.feinman_detection.detector import detector_auc
+
+    rng = np.random.default_rng(3)
+    k = 60                                                   # images; rows: clean, noisy, adversarial
+    target = np.r_[np.zeros(2 * k), np.ones(k)]
+    feats = rng.normal(size=(3 * k, 2)) + np.c_[target, -target]
+    train_image = np.zeros(k, dtype=bool)
+    train_image[: k // 2] = True
+    out = detector_auc(feats, target, np.tile(train_image, 3), groups=np.tile(np.arange(k), 3), bootstrap=300)
+    assert out["n"] == 3 * (k - k // 2) and out["n_images"] == k - k // 2
+    for key in ("auc", "auc_bu", "auc_kd"):
+        assert 0.0 < out[f"{key}_ci95"] < 0.3
+    assert "auc_ci95" not in detector_auc(feats, target, np.tile(train_image, 3), bootstrap=0)

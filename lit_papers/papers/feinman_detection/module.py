@@ -12,7 +12,8 @@ training images of the datamodule. A logistic regression on z-scored features is
 
 Logged per attack ``<a>`` (fgsm, bim_a, bim_b, jsma, cw): ``test/auc_<a>`` (combined; ``_n`` = test rows),
 ``test/auc_bu_<a>``, ``test/auc_kd_<a>`` (one feature alone), ``test/attack_success_<a>`` (``_n``),
-``test/l2_<a>`` (mean L2 perturbation, pixel values in [0, 1]). ROC curves: ``<run dir>/roc.json``, ``roc.png``.
+``test/l2_<a>`` (mean L2 perturbation, pixel values in [0, 1]); each AUC's 95 % half-width ``..._ci95`` over the
+test images (bootstrap, an image's clean / noisy / adversarial rows together) and ``test/auc_<a>_images``. ROC curves: ``<run dir>/roc.json``, ``roc.png``.
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ class FeinmanDetectionLitModule(AttackLitModule):
             half = torch.randperm(k, generator=gen)[: k // 2].numpy()
             train_image = np.zeros(k, dtype=bool)
             train_image[half] = True
-            result = detector_auc(feats, target, np.tile(train_image, 3))
+            # an image's three rows are resampled together for the intervals (groups = image index)
+            result = detector_auc(feats, target, np.tile(train_image, 3), groups=np.tile(np.arange(k), 3))
             out.update({f"auc_{key}": result["auc"], f"auc_{key}_n": result["n"], f"auc_bu_{key}": result["auc_bu"],
                         f"auc_kd_{key}": result["auc_kd"], f"l2_{key}": float(l2.mean()), f"noise_std_{key}": sigma})
+            out.update({f"{name}_{key}_ci95": result[f"{name}_ci95"] for name in ("auc", "auc_bu", "auc_kd")})
+            out[f"auc_{key}_images"] = result["n_images"]
             self.roc[name] = {"fpr": result["fpr"], "tpr": result["tpr"], "auc": result["auc"], "n": result["n"]}
         if self._trainer is not None and self.trainer.is_global_zero and self.roc:
             run = Path(self.trainer.default_root_dir)
