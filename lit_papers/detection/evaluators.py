@@ -16,6 +16,7 @@ Protocol (one object per metric family, reused across epochs):
 :class:`COCOMetrics`: pycocotools box / mask AP (``bbox_AP``, ``bbox_AP50``, ... ``segm_AP``...).
 :class:`VOCMeanAP`: PASCAL VOC mAP at IoU 0.5, ``metric="11point"`` (VOC2007, ``voc07_mAP``) or ``"area"``
 (VOC2010+, ``voc_mAP``), with the dataset's ``difficult`` flags (:mod:`lit_papers.metrics.voc_eval`).
+Both give, at test, the 95 % interval of their AP over the images (bootstrap: ``<name>_ci95``, with ``_n``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lit_papers.metrics.coco_eval import COCOEvaluator, summary_table, write_results
-from lit_papers.metrics.voc_eval import voc_map
+from lit_papers.metrics.voc_eval import bootstrap_map, map_images, voc_map
 
 
 class DetectionEvaluator:
@@ -112,15 +113,23 @@ class COCOMetrics(DetectionEvaluator):
 
 class VOCMeanAP(DetectionEvaluator):
     """PASCAL VOC mAP at IoU >= 0.5 over the dataset's ``voc_ground_truth()`` (difficult objects ignored).
-    ``metric``: "11point" (VOC2007 devkit) or "area" (VOC2010+); ``name``: the logged key."""
+    ``metric``: "11point" (VOC2007 devkit) or "area" (VOC2010+); ``name``: the logged key. Also ``<name>_n`` (the
+    images) and, at test with at least ``bootstrap_min_images`` images, ``<name>_ci95``: the half-width of the 95 %
+    percentile bootstrap over images (:func:`~lit_papers.metrics.voc_eval.bootstrap_map`, ``bootstrap``
+    resamples, fixed seed; 0 = none; ``bootstrap_val``: also at validation)."""
 
-    def __init__(self, *, metric: str = "11point", name: str = "voc07_mAP") -> None:
+    def __init__(self, *, metric: str = "11point", name: str = "voc07_mAP", bootstrap: int = 200,
+                 bootstrap_val: bool = False, bootstrap_min_images: int = 20) -> None:
         if metric not in ("11point", "area"):
             raise ValueError(f"VOCMeanAP metric must be '11point' or 'area', got {metric!r}")
+        if bootstrap < 0:
+            raise ValueError(f"VOCMeanAP bootstrap must be >= 0 resamples, got {bootstrap}")
         self.metric, self.name = metric, name
+        self.bootstrap, self.bootstrap_val, self.bootstrap_min_images = bootstrap, bootstrap_val, bootstrap_min_images
         self.results: dict[int, list[tuple[int, float, list[float]]]] = {}
         self.ground_truth = None
         self.cat_ids: list[int] = []
+        self.stage = "val"
 
     def start(self, dataset, iou_types: Sequence[str], stage: str = "val") -> None:
         if not callable(getattr(dataset, "voc_ground_truth", None)):
@@ -129,6 +138,7 @@ class VOCMeanAP(DetectionEvaluator):
         self.ground_truth = dataset.voc_ground_truth()
         self.cat_ids = list(dataset.cat_ids)
         self.results = {}
+        self.stage = stage
 
     def update(self, image_id: int, detection: dict) -> None:
         boxes = detection["boxes"].detach().double().cpu().tolist()
@@ -143,4 +153,10 @@ class VOCMeanAP(DetectionEvaluator):
         for image_id in sorted(self.results):
             for cat, score, box in self.results[image_id]:
                 detections.setdefault(cat, []).append((image_id, score, box))
-        return {self.name: voc_map(detections, self.ground_truth, metric=self.metric, inclusive=False)["mAP"]}
+        out = {self.name: voc_map(detections, self.ground_truth, metric=self.metric, inclusive=False)["mAP"]}
+        n = map_images(self.results, self.ground_truth)
+        out[f"{self.name}_n"] = float(n)
+        if self.bootstrap and (self.stage == "test" or self.bootstrap_val) and n >= self.bootstrap_min_images:
+            out[f"{self.name}_ci95"] = bootstrap_map(self.results, self.ground_truth, metric=self.metric,
+                                                     reps=self.bootstrap)
+        return out

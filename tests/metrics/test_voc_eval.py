@@ -60,3 +60,84 @@ def test_iou_exactly_one_half_is_a_hit_as_in_the_devkit():
     assert voc_class_ap([("a", 1.0, [0.0, 0.0, 10.0, 5.0])], gt_c, inclusive=False) == pytest.approx(1.0)
     # just below the boundary: (1,1,10,4) is 40 px -> IoU 0.4, a miss
     assert voc_class_ap([("a", 1.0, [1, 1, 10, 4])], gt) == 0.0
+
+
+def _slow_bootstrap(results, ground_truth, *, metric, reps, seed=0):
+    """The oracle: voc_map on each resample, drawn images renamed so that duplicates are distinct images."""
+    from lit_papers.metrics.voc_eval import voc_map
+
+    images = sorted(set(results) | {i for per in ground_truth.values() for i in per})
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(reps):
+        dets, gts = {}, {c: {} for c in ground_truth}
+        for new_id, old in enumerate(rng.choice(images, size=len(images), replace=True)):
+            for cat, score, box in results.get(int(old), []):
+                dets.setdefault(cat, []).append((new_id, score, box))
+            for cat, per in ground_truth.items():
+                if int(old) in per:
+                    gts[cat][new_id] = per[int(old)]
+        values.append(voc_map(dets, {c: p for c, p in gts.items() if p}, metric=metric, inclusive=False)["mAP"])
+    low, high = np.percentile(values, [2.5, 97.5])
+    return (high - low) / 2
+
+
+@pytest.mark.parametrize("metric", ["11point", "area"])
+def test_bootstrap_interval_equals_voc_map_on_each_resample(metric):
+    from lit_papers.metrics.voc_eval import bootstrap_map
+
+    rng = np.random.default_rng(0)
+    gt, results = {1: {}, 2: {}}, {}
+    for image in range(25):
+        for cat in (1, 2):
+            if rng.uniform() < 0.7:
+                xy = rng.uniform(0, 50, size=(2, 2))
+                boxes = np.concatenate([xy, xy + rng.uniform(5, 20, size=(2, 2))], axis=1)
+                gt[cat][image] = (boxes, np.array([False, rng.uniform() < 0.2]))
+        results[image] = []
+        for _ in range(int(rng.integers(0, 6))):  # near-misses, hits, duplicates, tied scores
+            cat = int(rng.integers(1, 3))
+            base = gt[cat][image][0][0] if image in gt[cat] else np.array([0.0, 0, 10, 10])
+            results[image].append((cat, float(rng.choice([0.3, 0.5, rng.uniform()])),
+                                   (base + rng.normal(0, 2, 4)).tolist()))
+    fast = bootstrap_map(results, gt, metric=metric, reps=30)
+    assert fast > 0
+    assert fast == pytest.approx(_slow_bootstrap(results, gt, metric=metric, reps=30), abs=1e-12)
+    perfect = {i: [(1, 0.9, [0.0, 0, 10, 10])] for i in range(20)}
+    one = {1: {i: (np.array([[0.0, 0, 10, 10]]), np.array([False])) for i in range(20)}}
+    assert bootstrap_map(perfect, one, metric=metric, reps=20) == 0.0  # every resample has mAP 1
+
+
+class _VOCSet:
+    """The part of a VOC eval dataset an evaluator reads: the ground truth and the category ids."""
+    cat_ids = [1]
+
+    def __init__(self, images: int) -> None:
+        self.images = images
+
+    def voc_ground_truth(self):
+        return {1: {i: (np.array([[0.0, 0, 10, 10]]), np.array([False])) for i in range(self.images)}}
+
+
+def _run_voc(stage: str, images: int, **options) -> dict:
+    import torch
+
+    from lit_papers.detection.evaluators import VOCMeanAP
+
+    evaluator = VOCMeanAP(**{"bootstrap": 50, **options})
+    evaluator.start(_VOCSet(images), ("bbox",), stage=stage)
+    for i in range(images):  # every other image is a hit, the rest a miss: AP varies between resamples
+        box = [0.0, 0, 10, 10] if i % 2 else [20.0, 20, 30, 30]
+        evaluator.update(i, {"boxes": torch.tensor([box]), "scores": torch.tensor([0.5 + i / 100]),
+                             "labels": torch.tensor([1])})
+    return evaluator.finish()
+
+
+def test_voc_evaluator_interval_at_test_only_and_from_enough_images():
+    out = _run_voc("test", 30)
+    assert out["voc07_mAP_n"] == 30 and 0.0 < out["voc07_mAP_ci95"] < 0.5
+    assert "voc07_mAP_ci95" not in _run_voc("val", 30)                       # validation: off unless asked
+    assert "voc07_mAP_ci95" in _run_voc("val", 30, bootstrap_val=True)
+    assert "voc07_mAP_ci95" not in _run_voc("test", 10)                      # below bootstrap_min_images (20)
+    assert "voc07_mAP_ci95" in _run_voc("test", 10, bootstrap_min_images=5)
+    assert "voc07_mAP_ci95" not in _run_voc("test", 30, bootstrap=0)

@@ -1,10 +1,9 @@
 """SSD (Liu et al. 2016): SSD300's structure, outputs, loss and detections against torchvision's ssd300_vgg16
 (weights=None, weights_backbone=None) with the same weights copied in (the oracle), the fc6/fc7 subsampling, the
-bootstrap interval of the module, and the tiny recipe end to end through the CLI."""
+interval its tiny recipe logs, and the tiny recipe end to end through the CLI."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -113,52 +112,6 @@ def test_config_mismatch_is_a_clear_error():
         load_torchvision_ssd300(SSD(num_classes=3), ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21))
     with pytest.raises(ValueError, match="need 6 aspect-ratio lists and 7 scales"):
         SSD(scales=ssd_scales(5))
-
-
-def _slow_bootstrap(results, ground_truth, *, metric, reps, seed=0):
-    """The oracle: voc_map on each resample, drawn images renamed so that duplicates are distinct images."""
-    from lit_papers.metrics.voc_eval import voc_map
-
-    images = sorted(set(results) | {i for per in ground_truth.values() for i in per})
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(reps):
-        dets, gts = {}, {c: {} for c in ground_truth}
-        for new_id, old in enumerate(rng.choice(images, size=len(images), replace=True)):
-            for cat, score, box in results.get(int(old), []):
-                dets.setdefault(cat, []).append((new_id, score, box))
-            for cat, per in ground_truth.items():
-                if int(old) in per:
-                    gts[cat][new_id] = per[int(old)]
-        values.append(voc_map(dets, {c: p for c, p in gts.items() if p}, metric=metric, inclusive=False)["mAP"])
-    low, high = np.percentile(values, [2.5, 97.5])
-    return (high - low) / 2
-
-
-@pytest.mark.parametrize("metric", ["11point", "area"])
-def test_bootstrap_interval_equals_voc_map_on_each_resample(metric):
-    from lit_papers.papers.ssd.module import bootstrap_map
-
-    rng = np.random.default_rng(0)
-    gt, results = {1: {}, 2: {}}, {}
-    for image in range(25):
-        for cat in (1, 2):
-            if rng.uniform() < 0.7:
-                xy = rng.uniform(0, 50, size=(2, 2))
-                boxes = np.concatenate([xy, xy + rng.uniform(5, 20, size=(2, 2))], axis=1)
-                gt[cat][image] = (boxes, np.array([False, rng.uniform() < 0.2]))
-        results[image] = []
-        for _ in range(int(rng.integers(0, 6))):  # near-misses, hits, duplicates, tied scores
-            cat = int(rng.integers(1, 3))
-            base = gt[cat][image][0][0] if image in gt[cat] else np.array([0.0, 0, 10, 10])
-            results[image].append((cat, float(rng.choice([0.3, 0.5, rng.uniform()])),
-                                   (base + rng.normal(0, 2, 4)).tolist()))
-    fast = bootstrap_map(results, gt, metric=metric, reps=30)
-    assert fast > 0
-    assert fast == pytest.approx(_slow_bootstrap(results, gt, metric=metric, reps=30), abs=1e-12)
-    perfect = {i: [(1, 0.9, [0.0, 0, 10, 10])] for i in range(20)}
-    one = {1: {i: (np.array([[0.0, 0, 10, 10]]), np.array([False])) for i in range(20)}}
-    assert bootstrap_map(perfect, one, metric=metric, reps=20) == 0.0  # every resample has mAP 1
 
 
 def test_tiny_fit_and_test_through_the_cli(cli):
