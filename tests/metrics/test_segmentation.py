@@ -89,3 +89,49 @@ def test_ranks_are_summed_before_the_ratios():
     parts = [segmentation_scores(confusion_matrix(pred[..., s], target[..., s], 3))["mean_iu"]
              for s in (slice(0, 5), slice(5, None))]
     assert abs(sum(parts) / 2 - whole.compute()["mean_iu"]) > 1e-3
+
+
+def _images(n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, 3, (n, 6, 5), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.1] = 255
+    good = torch.rand(n, 1, 1, generator=g) < 0.5  # some images well predicted, some not: the metrics vary
+    pred = torch.where(good & (torch.rand(target.shape, generator=g) < 0.9), target.clamp(max=2),
+                       torch.randint(0, 3, target.shape, generator=g))
+    return pred, target
+
+
+def test_per_image_matrices_sum_to_the_total():
+    pred, target = _images()
+    metric = SegmentationMetrics(num_classes=3, per_image=True)
+    metric.update(pred[:5], target[:5])
+    metric.update(pred[5:], target[5:])
+    out = metric.compute()
+    assert out["per_image"].shape == (12, 3, 3)
+    assert torch.equal(out["per_image"].sum(0), confusion_matrix(pred, target, 3))
+    assert torch.equal(out["per_image"][7], confusion_matrix(pred[7], target[7], 3))
+
+
+def test_bootstrap_interval_equals_a_slow_resample_of_the_pixels():
+    """The oracle concatenates the drawn images' pixels (the same draws) and scores them from scratch."""
+    import numpy as np
+
+    from lit_papers.metrics.segmentation import METRIC_NAMES, bootstrap_ci95
+
+    pred, target = _images()
+    metric = SegmentationMetrics(num_classes=3, per_image=True)
+    metric.update(pred, target)
+    fast = bootstrap_ci95(metric.compute()["per_image"], resamples=40, seed=3)
+    rng = np.random.default_rng(3)
+    values = {name: [] for name in METRIC_NAMES}
+    for _ in range(40):
+        drawn = torch.from_numpy(rng.integers(0, 12, size=12))
+        scores = segmentation_scores(confusion_matrix(pred[drawn], target[drawn], 3))
+        for name in METRIC_NAMES:
+            values[name].append(float(scores[name]))
+    for name in METRIC_NAMES:
+        slow = 1.96 * np.std(values[name], ddof=1)
+        assert slow > 0 and fast[name] == pytest.approx(slow, abs=1e-12), name
+    same = SegmentationMetrics(num_classes=3, per_image=True)
+    same.update(pred[:1].repeat(8, 1, 1), target[:1].repeat(8, 1, 1))
+    assert all(v == pytest.approx(0.0, abs=1e-12) for v in bootstrap_ci95(same.compute()["per_image"]).values())

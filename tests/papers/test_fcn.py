@@ -156,5 +156,5 @@ def test_tiny_fit_and_test_through_the_cli(cli):
                "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
     assert "test/mean_iu" in proc.stdout and "test/fw_iu" in proc.stdout
     metrics = (cli.runs / "fcn" / "tiny" / "v1" / "csv" / "metrics.csv").read_text()
-    assert "test/pixel_acc" in metrics and "test/mean_iu_n" in metrics
+    assert "test/pixel_acc" in metrics and "test/mean_iu_n" in metrics and "test/mean_iu_ci95" in metrics
     assert (cli.runs / "fcn" / "tiny" / "v1" / "segmentation_test.png").is_file()

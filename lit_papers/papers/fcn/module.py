@@ -6,7 +6,9 @@ loss is the per-pixel multinomial logistic loss over the output map, pixels labe
 pixels and averages over images (Caffe's unnormalised loss of the reference solvers). ``init_from``: a coarser
 net's checkpoint for the paper's staged training (:meth:`FCNLitModule.load_coarser`).
 Logged: ``train/loss``, ``val/loss``, ``{val,test}/{pixel_acc, mean_acc, mean_iu, fw_iu}`` (fractions; the card
-scales to percent) and ``<key>_n`` (images the metric is over). The first batch of each evaluation is kept as
+scales to percent) and ``<key>_n`` (images the metric is over); at test, with at least ``bootstrap_min_images``
+images, ``<key>_ci95``: the 95 % half-width over images (``bootstrap`` resamples;
+:func:`~lit_papers.metrics.segmentation.bootstrap_ci95`). The first batch of each evaluation is kept as
 ``example_predictions`` for :class:`~lit_papers.papers.fcn.pictures.SegmentationPictures`.
 """
 
@@ -21,7 +23,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
-from lit_papers.metrics.segmentation import METRIC_NAMES, SegmentationMetrics
+from lit_papers.metrics.segmentation import METRIC_NAMES, SegmentationMetrics, bootstrap_ci95
 from lit_papers.ops.checkpoint import CheckpointError, read_checkpoint
 from lit_papers.schedules import optimizer_config
 
@@ -29,13 +31,15 @@ from lit_papers.schedules import optimizer_config
 class FCNLitModule(L.LightningModule):
     def __init__(self, *, model: nn.Module, optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None = None,
                  num_classes: int = 21, ignore_index: int = 255, loss_reduction: Literal["mean", "sum"] = "mean",
-                 max_pictures: int = 4, init_from: str | None = None) -> None:
+                 max_pictures: int = 4, init_from: str | None = None, bootstrap: int = 200,
+                 bootstrap_min_images: int = 20) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.metrics = nn.ModuleDict({s: SegmentationMetrics(num_classes=num_classes, ignore_index=ignore_index)
+        self.metrics = nn.ModuleDict({s: SegmentationMetrics(num_classes=num_classes, ignore_index=ignore_index,
+                                                             per_image=s == "test" and bootstrap > 0)
                                       for s in ("val", "test")})
         self.images_seen = nn.ModuleDict({s: SumMetric() for s in ("val", "test")})
         self.val_loss = MeanMetric()
@@ -92,9 +96,14 @@ class FCNLitModule(L.LightningModule):
     def _log_metrics(self, stage: str) -> None:
         scores = self.metrics[stage].compute()  # summed over ranks
         n = self.images_seen[stage].compute()
+        hp = self.hparams
+        half = (bootstrap_ci95(scores["per_image"], resamples=hp.bootstrap)
+                if "per_image" in scores and len(scores["per_image"]) >= hp.bootstrap_min_images else {})
         for name in METRIC_NAMES:
             self.log(f"{stage}/{name}", scores[name].float(), prog_bar=name == "mean_iu")
             self.log(f"{stage}/{name}_n", n)
+            if name in half:
+                self.log(f"{stage}/{name}_ci95", half[name])
         self.metrics[stage].reset()
         self.images_seen[stage].reset()
 
