@@ -65,8 +65,9 @@ def _gather_dict(local: dict) -> dict:
 class COCOMetrics(DetectionEvaluator):
     """COCO AP with pycocotools on the dataset's ``.coco`` ground truth (``.cat_ids`` maps labels 1..K to
     category ids). ``write_results_json``: at test, the official results JSON ``coco_results_test.json``.
-    ``bootstrap``: at test, the 95 % interval of AP over images from that many resamples with replacement
-    (logged as ``<iou type>_AP_ci95`` with ``<iou type>_AP_n`` images; 0 = none); ``bootstrap_val``: also at
+    ``bootstrap``: at test, the 95 % intervals of AP, AP50 and AP75 over images from that many resamples with
+    replacement (logged as ``<iou type>_AP_ci95`` with ``<iou type>_AP_n`` images, the same for AP50 / AP75;
+    0 = none); ``bootstrap_val``: also at
     validation (off: it costs one ``accumulate`` per resample, minutes on the 5000 images of COCO val);
     ``bootstrap_min_images``: no interval below that many images (a handful of images is no sample to resample,
     and the tiny configs of the test suite would pay for it)."""

@@ -56,16 +56,32 @@ def detections_to_coco(image_id: int, boxes: torch.Tensor, scores: torch.Tensor,
     return records
 
 
-def _ap_of_accumulated(evaluator: COCOeval) -> float:
-    """AP @[IoU .50:.95, all areas, 100 detections] from ``evaluator.eval`` (what ``summarize`` reports first)."""
+BOOTSTRAP_STATS = ("AP", "AP50", "AP75")
+
+
+def _ap_of_accumulated(evaluator: COCOeval, iou: float | None = None) -> float:
+    """AP at area "all", 100 detections from ``evaluator.eval`` (what ``summarize`` reports): averaged over the IoU
+    thresholds .50:.95 (``iou=None``, COCO's AP) or at one threshold (0.5: AP50, 0.75: AP75)."""
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K) at area "all", maxDets[-1] = 100
+    if iou is not None:
+        precision = precision[np.flatnonzero(np.isclose(evaluator.params.iouThrs, iou))]
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else -1.0
 
 
+def _stats_of_accumulated(evaluator: COCOeval) -> dict[str, float]:
+    return {"AP": _ap_of_accumulated(evaluator), "AP50": _ap_of_accumulated(evaluator, 0.5),
+            "AP75": _ap_of_accumulated(evaluator, 0.75)}
+
+
 def bootstrap_ap_ci95(evaluator: COCOeval, resamples: int = 200, seed: int = 0) -> float:
-    """95 % half-width of AP over the evaluated images: ``1.96 x`` the standard deviation of AP over
-    ``resamples`` sets of the same number of images drawn with replacement (the images are the sampling unit:
+    """95 % half-width of AP over the evaluated images (:func:`bootstrap_ci95`'s ``AP``)."""
+    return bootstrap_ci95(evaluator, resamples=resamples, seed=seed)["AP"]
+
+
+def bootstrap_ci95(evaluator: COCOeval, resamples: int = 200, seed: int = 0) -> dict[str, float]:
+    """95 % half-widths of AP, AP50 and AP75 over the evaluated images: ``1.96 x`` the standard deviation of each
+    over ``resamples`` sets of the same number of images drawn with replacement (the images are the sampling unit:
     detections within an image are not independent). ``evaluator`` has run ``evaluate()``; its per-image
     matches are reused, only ``accumulate()`` runs per resample, and the evaluator is left as it was.
 
@@ -74,15 +90,21 @@ def bootstrap_ap_ci95(evaluator: COCOeval, resamples: int = 200, seed: int = 0) 
     evaluated params' ``imgIds`` set to the chosen list, so ``accumulate`` treats every draw as an image."""
     n = len(evaluator._paramsEval.imgIds)
     if n < 2:
-        return 0.0
+        return dict.fromkeys(BOOTSTRAP_STATS, 0.0)
     rng = np.random.default_rng(seed)
-    values = resampled_ap(evaluator, [rng.integers(0, n, size=n) for _ in range(resamples)])
-    return float(1.96 * np.std(values, ddof=1))
+    values = resampled_stats(evaluator, [rng.integers(0, n, size=n) for _ in range(resamples)])
+    return {name: float(1.96 * np.std([v[name] for v in values], ddof=1)) for name in BOOTSTRAP_STATS}
 
 
 def resampled_ap(evaluator: COCOeval, picks: list) -> list[float]:
-    """AP of an evaluated ``COCOeval`` on each list of image positions in ``picks`` (into the evaluated
-    ``imgIds``; repeats allowed), by ``accumulate`` on the reordered per-image matches; the evaluator is restored."""
+    """AP of an evaluated ``COCOeval`` on each list of image positions in ``picks`` (see :func:`resampled_stats`)."""
+    return [v["AP"] for v in resampled_stats(evaluator, picks)]
+
+
+def resampled_stats(evaluator: COCOeval, picks: list) -> list[dict[str, float]]:
+    """{AP, AP50, AP75} of an evaluated ``COCOeval`` on each list of image positions in ``picks`` (into the
+    evaluated ``imgIds``; repeats allowed), by ``accumulate`` on the reordered per-image matches; the evaluator is
+    restored."""
     params, evaluated = evaluator.params, evaluator._paramsEval
     ids = list(evaluated.imgIds)
     n, areas = len(ids), len(evaluated.areaRng)
@@ -96,7 +118,7 @@ def resampled_ap(evaluator: COCOeval, picks: list) -> list[float]:
                                       for i in pick]
                 params.imgIds = evaluated.imgIds = [ids[int(i)] for i in pick]
                 evaluator.accumulate()
-                values.append(_ap_of_accumulated(evaluator))
+                values.append(_stats_of_accumulated(evaluator))
     finally:
         evaluator.evalImgs, params.imgIds, evaluated.imgIds, evaluator.eval = saved
     return values
@@ -106,14 +128,17 @@ def evaluate_records(coco_gt: COCO, records: list[dict], iou_type: str, image_id
                      *, bootstrap: int = 0) -> dict[str, float]:
     """pycocotools COCOeval of results ``records`` on ``image_ids`` (default: all GT images). Returns the 12
     summary numbers (-1 where undefined, as COCOeval). Empty results give all-zero AP (COCOeval cannot load them).
-    ``bootstrap`` > 0 adds ``AP_ci95`` (:func:`bootstrap_ap_ci95` with that many resamples) and ``AP_n``, the
-    number of images."""
+    ``bootstrap`` > 0 adds ``AP_ci95``, ``AP50_ci95``, ``AP75_ci95`` (:func:`bootstrap_ci95` with that many
+    resamples) and ``AP_n``, ``AP50_n``, ``AP75_n``, the number of images."""
     ids = sorted(set(int(i) for i in image_ids)) if image_ids is not None else sorted(coco_gt.getImgIds())
     if iou_type == "segm":
         records = [r for r in records if "segmentation" in r]
     if not records:
         out = dict.fromkeys(STAT_NAMES, 0.0)
-        return {**out, "AP_ci95": 0.0, "AP_n": float(len(ids))} if bootstrap else out
+        if bootstrap:
+            for name in BOOTSTRAP_STATS:
+                out[f"{name}_ci95"], out[f"{name}_n"] = 0.0, float(len(ids))
+        return out
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(records))  # loadRes mutates records (adds area, id, bbox)
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
@@ -123,8 +148,8 @@ def evaluate_records(coco_gt: COCO, records: list[dict], iou_type: str, image_id
         evaluator.summarize()
     out = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
     if bootstrap:
-        out["AP_ci95"] = bootstrap_ap_ci95(evaluator, resamples=bootstrap)
-        out["AP_n"] = float(len(ids))
+        for name, half in bootstrap_ci95(evaluator, resamples=bootstrap).items():
+            out[f"{name}_ci95"], out[f"{name}_n"] = half, float(len(ids))
     return out
 
 
@@ -180,7 +205,8 @@ class COCOEvaluator:
 
     def compute(self, bootstrap: int = 0) -> dict[str, dict[str, float]]:
         """{iou_type: {AP, AP50, ...}} over the images seen (call :meth:`gather` first under DDP); with
-        ``bootstrap`` resamples also ``AP_ci95`` and ``AP_n`` (see :func:`evaluate_records`)."""
+        ``bootstrap`` resamples also ``AP_ci95``, ``AP50_ci95``, ``AP75_ci95`` and their ``_n`` (see
+        :func:`evaluate_records`)."""
         records = self.records
         return {t: evaluate_records(self.coco_gt, records, t, self.results.keys(), bootstrap=bootstrap)
                 for t in self.iou_types}

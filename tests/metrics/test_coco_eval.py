@@ -154,15 +154,17 @@ def _evaluated(gt, dets):
 def test_a_resample_without_repeats_is_cocoeval_on_that_subset():
     """The oracle for the reordered per-image matches: a pick of distinct images gives the AP that pycocotools
     computes from scratch on just those images; the evaluator is left as it was."""
-    from lit_papers.metrics.coco_eval import resampled_ap
+    from lit_papers.metrics.coco_eval import resampled_ap, resampled_stats
 
     gt, dets = _toy_coco(8, identical=False)
     ev = _evaluated(gt, dets)
     before = ev.stats.copy()
     for pick in ([0, 2, 3, 7], [5, 1], list(range(8))):
         ids = [i + 1 for i in pick]
-        expected = evaluate_records(gt, dets, "bbox", image_ids=ids)["AP"]
-        assert resampled_ap(ev, [pick])[0] == pytest.approx(expected, abs=1e-12)
+        expected = evaluate_records(gt, dets, "bbox", image_ids=ids)
+        assert resampled_ap(ev, [pick])[0] == pytest.approx(expected["AP"], abs=1e-12)
+        for name, value in resampled_stats(ev, [pick])[0].items():  # AP, AP50, AP75
+            assert value == pytest.approx(expected[name], abs=1e-12), name
     with contextlib.redirect_stdout(io.StringIO()):
         ev.accumulate()
         ev.summarize()
@@ -177,6 +179,7 @@ def test_bootstrap_interval_is_zero_for_identical_images_and_positive_otherwise(
     gt, dets = _toy_coco(12, identical=False)
     out = evaluate_records(gt, dets, "bbox", bootstrap=100)
     assert out["AP_n"] == 12 and 0.0 < out["AP_ci95"] < 0.5
+    assert out["AP50_n"] == out["AP75_n"] == 12 and 0.0 < out["AP50_ci95"] < 0.5 and 0.0 < out["AP75_ci95"] < 0.5
     assert "AP_ci95" not in evaluate_records(gt, dets, "bbox")  # only when asked for
 
 
