@@ -43,6 +43,19 @@ def score_from_probs(probs: torch.Tensor, *, splits: int = 1) -> tuple[float, fl
     return mean, std
 
 
+def bootstrap_score_ci95(probs: torch.Tensor, *, splits: int = 1, resamples: int = 200, seed: int = 0) -> float:
+    """95 % half-width (1.96 x the bootstrap standard deviation) of :func:`score_from_probs`'s mean: each resample
+    draws the N samples with replacement and scores them with the same ``splits``. The score is a non-linear
+    function of the whole sample (p(y) is its mean), so its spread needs the resampling, not a per-sample one."""
+    p = probs.detach().double().cpu()
+    if len(p) < 2 or resamples <= 0:
+        return 0.0
+    gen = torch.Generator().manual_seed(seed)
+    values = [score_from_probs(p[torch.randint(0, len(p), (len(p),), generator=gen)], splits=splits)[0]
+              for _ in range(resamples)]
+    return float(1.96 * torch.tensor(values, dtype=torch.float64).std(correction=1))
+
+
 def score_from_logits(logits: torch.Tensor, *, splits: int = 1) -> tuple[float, float]:
     """(N, K) logits -> :func:`score_from_probs` of their softmax (in float64)."""
     return score_from_probs(torch.softmax(logits.detach().double(), dim=1), splits=splits)

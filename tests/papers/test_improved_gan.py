@@ -271,3 +271,8 @@ def test_scores_over_an_injected_classifier_from_its_checkpoint(tmp_path):
     assert float(metrics["val/classifier_score_real"]) == pytest.approx(score_from_logits(net(real))[0], rel=1e-4)
     assert 1.0 <= float(metrics["val/classifier_score"]) <= 10.0
     assert float(metrics["val/error_n"]) == 500
+    assert "val/classifier_score_ci95" not in metrics and float(metrics["val/classifier_score_n"]) == 100
+    trainer.test(module, datamodule=dm)  # at test: the bootstrap intervals of both scores
+    metrics = trainer.callback_metrics
+    assert 0.0 < float(metrics["test/classifier_score_ci95"]) < 1.0
+    assert 0.0 < float(metrics["test/classifier_score_real_ci95"]) < 1.0

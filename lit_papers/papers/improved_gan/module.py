@@ -23,7 +23,8 @@ Logged: ``train/loss_d``, ``train/loss_supervised``, ``train/loss_unsupervised``
 ``train/d_real``, ``train/d_fake`` (mean D(x)), ``val|test/acc``, ``val|test/error`` (+ ``_n``, images) of the
 discriminator as a K-class classifier, and with a ``classifier`` (any nn.Module returning logits, with its
 ``classifier_checkpoint``): ``val|test/classifier_score`` over ``score_samples`` generated images and
-``val|test/classifier_score_real`` over about as many real evaluation images (every k-th, spread over the set).
+``val|test/classifier_score_real`` over about as many real evaluation images (every k-th, spread over the set),
+each at test with ``_ci95`` (bootstrap over the samples, ``score_bootstrap`` resamples) and ``_n`` (samples).
 These are inception-score formulas over OUR classifier, NOT comparable with the paper's Inception-network score
 (8.09, Table 3).
 """
@@ -41,6 +42,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_papers.metrics.inception_score import (
     NormalizedClassifier,
+    bootstrap_score_ci95,
     load_classifier_checkpoint,
     score_from_logits,
 )
@@ -76,6 +78,7 @@ class ImprovedGANLitModule(L.LightningModule):
         classifier_checkpoint: str | None = None,
         score_samples: int = 1000,
         score_splits: int = 1,
+        score_bootstrap: int = 200,
         sample_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -103,6 +106,7 @@ class ImprovedGANLitModule(L.LightningModule):
         self.classifier = NormalizedClassifier(classifier) if classifier is not None else None
         self.classifier_checkpoint = classifier_checkpoint
         self.score_samples, self.score_splits, self.sample_seed = score_samples, score_splits, sample_seed
+        self.score_bootstrap = score_bootstrap
         self.history_d = HistoricalAverage(discriminator.parameters()) if historical_averaging > 0 else None
         self.history_g = (HistoricalAverage(generator.parameters())
                           if historical_averaging > 0 and generator is not None else None)
@@ -299,6 +303,7 @@ class ImprovedGANLitModule(L.LightningModule):
         if self._real_logits:
             real = torch.cat(self._real_logits)[: self.score_samples]
             self.log(f"{stage}/classifier_score_real", score_from_logits(real, splits=self.score_splits)[0])
+            self._log_score_interval(f"{stage}/classifier_score_real", real, stage)
             self._real_logits = []
         if self.generator is not None and not self.trainer.sanity_checking:
             fake_logits = []
@@ -308,8 +313,16 @@ class ImprovedGANLitModule(L.LightningModule):
                 fake_logits.append(self.classifier(((self.generator(z) + 1) / 2).clamp(0, 1)).float().cpu())
             mean, std = score_from_logits(torch.cat(fake_logits), splits=self.score_splits)
             self.log(f"{stage}/classifier_score", mean)
+            self._log_score_interval(f"{stage}/classifier_score", torch.cat(fake_logits), stage)
             if self.score_splits > 1:
                 self.log(f"{stage}/classifier_score_std", std)
+
+    def _log_score_interval(self, key: str, logits: torch.Tensor, stage: str) -> None:
+        self.log(f"{key}_n", float(len(logits)))
+        if stage == "test" and self.score_bootstrap > 0:
+            probs = torch.softmax(logits.double(), dim=1)
+            self.log(f"{key}_ci95", bootstrap_score_ci95(probs, splits=self.score_splits,
+                                                         resamples=self.score_bootstrap))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", batch_idx)
