@@ -80,6 +80,19 @@ def _ximgproc():
     return cv2.ximgproc
 
 
+
+STAT_TAILS = ("_ci95", "_n")  # an evaluator's companion keys of a metric M: M_ci95, M_n
+
+
+def with_suffix(name: str, suffix: str) -> str:
+    """``voc07_mAP`` + ``_no_bbox`` -> ``voc07_mAP_no_bbox``; a companion key keeps its tail last
+    (``voc07_mAP_ci95`` -> ``voc07_mAP_no_bbox_ci95``), where the card looks for the interval of ``M_no_bbox``."""
+    for tail in STAT_TAILS:
+        if name.endswith(tail):
+            return f"{name[: -len(tail)]}{suffix}{tail}"
+    return f"{name}{suffix}"
+
+
 class SelectiveSearch:
     """Selective search proposals (Uijlings et al. 2013) as R-CNN uses them: "fast mode", ~2000 boxes per image.
 
@@ -514,10 +527,11 @@ class RegionDetectorLitModule(EvaluationHooks, L.LightningModule):
     def _end_eval(self, stage: str) -> None:
         for suffix, evaluators in (("", self.evaluators), ("_no_bbox", self.evaluators_no_bbox)):
             for evaluator in evaluators:
-                for name, value in evaluator.finish().items():
-                    self.log(f"{stage}/{name}{suffix}", float(value))
-                    if not name.endswith(("_ci95", "_n")):
-                        self.log(f"{stage}/{name}{suffix}_n", float(self._eval_images))
+                values = evaluator.finish()
+                for name, value in values.items():
+                    self.log(f"{stage}/{with_suffix(name, suffix)}", float(value))
+                    if not name.endswith(STAT_TAILS) and f"{name}_n" not in values:
+                        self.log(f"{stage}/{with_suffix(name, suffix)}_n", float(self._eval_images))
         self.log(f"{stage}/seconds_per_image", self._eval_seconds / max(1, self._eval_images))
 
 

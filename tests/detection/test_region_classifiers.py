@@ -164,3 +164,14 @@ def test_selective_search_without_ximgproc_says_how_to_fix_it(monkeypatch):
     monkeypatch.delattr(cv2, "ximgproc")
     with pytest.raises(RuntimeError, match="no ximgproc.*opencv-contrib-python-headless"):
         SelectiveSearch()(torch.rand(3, 16, 16))
+
+
+def test_no_bbox_suffix_goes_before_the_interval_and_count_tails():
+    """The card reads M_ci95 / M_n for a metric M: for M = voc07_mAP_no_bbox they must be voc07_mAP_no_bbox_ci95 and
+    _n, not voc07_mAP_ci95_no_bbox (the interval of the no-regression arm was lost that way)."""
+    from lit_papers.detection.region_classifiers import with_suffix
+
+    assert with_suffix("voc07_mAP", "_no_bbox") == "voc07_mAP_no_bbox"
+    assert with_suffix("voc07_mAP_ci95", "_no_bbox") == "voc07_mAP_no_bbox_ci95"
+    assert with_suffix("voc07_mAP_n", "_no_bbox") == "voc07_mAP_no_bbox_n"
+    assert with_suffix("bbox_AP50_ci95", "") == "bbox_AP50_ci95"

@@ -71,3 +71,5 @@ def test_tiny_fit_and_test_through_the_cli(cli):
     assert "svm/images" not in tested, proc.stdout[-2000:]
     assert tested["test/voc07_mAP"] == pytest.approx(fitted["val/voc07_mAP"], abs=1e-6)
     assert tested["test/voc07_mAP_no_bbox"] == pytest.approx(fitted["val/voc07_mAP_no_bbox"], abs=1e-6)
+    assert tested["test/voc07_mAP_no_bbox_n"] == tested["test/voc07_mAP_n"] == 4
+    assert not [k for k in tested if k.endswith(("_ci95_no_bbox", "_n_no_bbox"))]
