@@ -33,7 +33,10 @@ def test_adversarial_is_in_the_box_and_classified_as_the_target():
     victim = tiny_victim()
     x, y = _correct(victim, 3)
     t = (y + 3) % 10
-    x_adv, success, c = line_search_c(victim, x, t, c_init=1.0, steps=4, max_iter=40)
+    # the solver's default budget (100 L-BFGS-B iterations, 6 solves down to c = 1e-5): with 40 iterations one of
+    # the three images found no adversarial on an AVX-512 machine (the tiny victim's weights differ with the CPU's
+    # kernels), which tested the budget, not the claim
+    x_adv, success, c = line_search_c(victim, x, t, c_init=1.0, steps=6, max_iter=100)
     assert success.all(), "every image gets an adversarial (the paper's claim) on this weak victim"
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0  # the box constraint
     assert torch.equal(predict(victim, x_adv), t)  # an independent forward pass of the returned images
