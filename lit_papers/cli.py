@@ -287,6 +287,21 @@ class LitPapersCLI(LightningCLI):
                 runs.release_lock(run_dir, finished=finished)
 
 
+def other_checkout(cwd: str | os.PathLike | None = None) -> Path | None:
+    """The lit_papers checkout that contains ``cwd`` when it is not the one this process imported, else None.
+
+    ``lit-papers`` (the console script) imports the installed package, an editable install points at one
+    checkout; run from a second checkout (a git worktree, a copy), it silently runs the first one's code and the
+    evidence then names that checkout's commit. ``python -m lit_papers`` from inside a checkout imports that one.
+    """
+    here = Path(__file__).resolve().parent.parent
+    start = Path(cwd or os.getcwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "lit_papers" / "__init__.py").is_file():
+            return None if folder == here else folder
+    return None
+
+
 def _check_data(argv: list[str]) -> int:
     try:  # lazily: the data checker is optional for every other command
         from lit_papers.data.check import main as check_main
@@ -302,6 +317,11 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help(sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)
+    elsewhere = other_checkout()
+    if elsewhere is not None:
+        _say(f"[lit-papers] warning: the current folder is inside the checkout {elsewhere}, but this process runs "
+             f"the code of {Path(__file__).resolve().parent.parent} (the installed one); to run {elsewhere}'s code, "
+             f"use `python -m lit_papers ...` from there or `pip install -e {elsewhere}`")
     if argv[0] == "check-data":
         raise SystemExit(_check_data(argv[1:]))
     if argv and argv[0] == "report":

@@ -177,3 +177,34 @@ def test_switching_the_datamodule_class_names_the_kept_config_values(cli):
     assert proc.returncode != 0
     assert "--data switched lit_papers.data.coco.ShapesDataModule -> lit_papers.data.coco.COCODataModule" in err
     assert "data.init_args.subdir = 'shapes-tiny'" in err
+
+
+
+def test_a_second_checkout_in_the_current_folder_is_named(tmp_path, capsys, monkeypatch):
+    """Run from another checkout (a git worktree), the console script would run this checkout's code: it says so."""
+    from pathlib import Path
+
+    import pytest
+
+    import lit_papers
+    from lit_papers import cli as cli_module
+
+    here = Path(lit_papers.__file__).resolve().parent.parent
+    assert cli_module.other_checkout(here) is None
+    assert cli_module.other_checkout(here / "configs" / "resnet_cifar") is None  # below this checkout: fine
+    other = tmp_path / "wt"
+    (other / "lit_papers").mkdir(parents=True)
+    (other / "lit_papers" / "__init__.py").write_text("")
+    (other / "pyproject.toml").write_text("[project]\nname = 'lit-papers'\n")
+    (other / "configs").mkdir()
+    assert cli_module.other_checkout(other / "configs") == other.resolve()
+    assert cli_module.other_checkout(tmp_path) is None  # not inside any checkout
+    monkeypatch.chdir(other / "configs")
+    with pytest.raises(SystemExit):
+        cli_module.main(["report", "--help"])
+    err = capsys.readouterr().err
+    assert f"inside the checkout {other.resolve()}" in err and "python -m lit_papers" in err
+    monkeypatch.chdir(here)
+    with pytest.raises(SystemExit):
+        cli_module.main(["report", "--help"])
+    assert "inside the checkout" not in capsys.readouterr().err

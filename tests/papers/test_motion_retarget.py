@@ -3,6 +3,7 @@ every config builds, and the tiny config end to end (fit, test, retarget command
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -145,6 +146,22 @@ def test_retrieval_top1_hand_computed():
     top1, top1_anim = retrieval_top1(codes, motion, animation, char)
     assert top1 == 1.0
     assert top1_anim == pytest.approx(0.5)  # (motion 1, char 0) finds (motion 1, char 1) of animation 0
+    assert retrieval_top1(codes, motion, animation, char, with_count=True) == (top1, top1_anim, 4)  # 4 queries
+
+
+def test_mean_ci95_metric_against_a_float64_hand_case():
+    from lit_papers.metrics.fewshot import Z95, MeanCI95
+
+    metric = MeanCI95()
+    metric.update(torch.tensor([1.0, 2.0]))
+    metric.update(torch.tensor([[3.0], [4.0]]))  # any shape: items are elements
+    mean, half, n = metric.compute()
+    # mean 2.5, sample variance ((1.5^2 + 0.5^2) * 2) / 3 = 5/3, half-width 1.96 * sqrt(5/3 / 4)
+    assert float(mean) == 2.5 and float(n) == 4
+    assert float(half) == pytest.approx(Z95 * (5.0 / 3.0 / 4.0) ** 0.5, rel=1e-12)
+    metric.reset()
+    metric.update(torch.tensor([7.0]))
+    assert [float(v) for v in metric.compute()] == [7.0, 0.0, 1.0]  # one item: no spread
 
 
 def test_every_parameter_gets_a_gradient():
@@ -173,8 +190,16 @@ def test_tiny_fit_test_and_retarget(cli, shared_data, tmp_path, monkeypatch):
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     proc = cli("test", "--config", "configs/motion_retarget/tiny.yaml", "--wandb", "false", "--ckpt_path", str(ckpt),
-               env=env)
+               "--run.version", run.name, env=env)
     assert "test/retrieval_top1" in proc.stdout + proc.stderr
+    card = json.loads((run / "card_result.json").read_text()) if (run / "card_result.json").exists() else None
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    logged = {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/") and v}
+    # every per-item mean carries its interval and item count; the retrieval its query count (a Wilson interval)
+    assert logged["test/mse_norm_n"] >= 2 and logged["test/mse_norm_ci95"] > 0
+    assert logged["test/mse_norm_copy_n"] == logged["test/mse_norm_n"]
+    assert logged["test/retrieval_top1_n"] >= 2
+    assert card is None or all(r.get("low") is not None for r in card if r.get("ours") is not None)
     # `lit-papers retarget` through the console entry point, then in-process for the other cases
     out = tmp_path / "retarget"
     base = ["--run", str(run)]

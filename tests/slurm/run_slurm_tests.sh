@@ -221,8 +221,16 @@ requeue() {
   [[ -e "$started" ]] || { log "training never started"; return 1; }
   log "scancel --signal=USR1 $job"
   scancel --signal=USR1 "$job" || return 1
-  for _ in $(seq 120); do  # requeued jobs wait ~2 min (BeginTime); start it now
-    [[ "$(job_field "$job" Restarts)" == 1 && "$(job_field "$job" JobState)" == PENDING ]] && { scontrol update JobId="$job" StartTime=now; break; }
+  # requeued jobs wait ~2 min (BeginTime); start it sooner, but not at once: slurmd refuses a job credential issued
+  # in the same second as the revocation of the job's previous one ("Job credential revoked", the attempt FAILS),
+  # and the nodes must have finished cleaning up the first attempt (no longer "comp")
+  for _ in $(seq 120); do
+    if [[ "$(job_field "$job" Restarts)" == 1 && "$(job_field "$job" JobState)" == PENDING ]]; then
+      sleep 3
+      for _ in $(seq 60); do [[ "$(sinfo -h -N -o '%t' | sort -u)" == "idle" ]] && break; sleep 1; done
+      scontrol update JobId="$job" StartTime=now
+      break
+    fi
     sleep 1
   done
   wait_job "$job" || return 1

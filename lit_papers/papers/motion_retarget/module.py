@@ -28,8 +28,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torchmetrics import MeanMetric
 
+from lit_papers.metrics.fewshot import MeanCI95
 from lit_papers.ops.motion2d import ROOT, postprocess_torch
 from lit_papers.papers.motion_retarget.model import RetargetNet, foot_velocity, triplet_loss
 from lit_papers.schedules import optimizer_config
@@ -58,7 +58,8 @@ class MotionRetargetLitModule(L.LightningModule):
         self.combos = list(itertools.product((0, 1), repeat=len(self.factors)))
         names = [f"{n}{s}" for s in ("", "_copy") for n in ("mse_norm", "mse_px", "mpjpe_px", "mpjpe_rel_px")]
         names += ["mse_norm_view", "mpjpe_rel_px_view"]  # full model: target seen from another view
-        self.eval_metrics = torch.nn.ModuleDict({f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in names})
+        # per-item means with a 95 % interval over the evaluated items (each item: one retargeted clip window)
+        self.eval_metrics = torch.nn.ModuleDict({f"{s}_{n}": MeanCI95() for s in ("val", "test") for n in names})
         self._codes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,11 +135,19 @@ class MotionRetargetLitModule(L.LightningModule):
     def _finish(self, stage: str) -> None:
         for name, metric in self.eval_metrics.items():
             if name.startswith(stage + "_") and metric.update_count:
-                self.log(f"{stage}/{name[len(stage) + 1:]}", metric)
+                mean, half, n = metric.compute()  # synced across ranks
+                key = f"{stage}/{name[len(stage) + 1:]}"
+                self.log(key, mean.float())
+                self.log(f"{key}_ci95", half.float())
+                self.log(f"{key}_n", n.float())
+                metric.reset()
         if self._codes and self.trainer.world_size == 1:  # retrieval needs every code in one process
-            top1, top1_anim = retrieval_top1(*(torch.cat(t) for t in zip(*self._codes)))
+            top1, top1_anim, queries = retrieval_top1(*(torch.cat(t) for t in zip(*self._codes)), with_count=True)
             self.log(f"{stage}/retrieval_top1", top1)
             self.log(f"{stage}/retrieval_top1_anim", top1_anim)
+            # a proportion over the queries: the card gives it a Wilson interval from this count
+            self.log(f"{stage}/retrieval_top1_n", float(queries))
+            self.log(f"{stage}/retrieval_top1_anim_n", float(queries))
         self._codes = []
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -160,10 +169,11 @@ class MotionRetargetLitModule(L.LightningModule):
 
 
 def retrieval_top1(codes: torch.Tensor, motion: torch.Tensor, animation: torch.Tensor,
-                   char: torch.Tensor) -> tuple[float, float]:
+                   char: torch.Tensor, *, with_count: bool = False) -> tuple:
     """Motion retrieval by code similarity: each (motion, character) code queries the codes of the *other*
-    characters; returns the fraction whose nearest (L2) code is the same motion window, and the same animation.
-    codes: (N, D); motion, animation, char: (N,) int. Duplicate (motion, char) rows are merged first."""
+    characters; returns the fraction whose nearest (L2) code is the same motion window, and the same animation
+    (and, ``with_count``, the number of queries). codes: (N, D); motion, animation, char: (N,) int. Duplicate
+    (motion, char) rows are merged first."""
     key = motion * (int(char.max()) + 1) + char
     _, first = torch.unique(key, return_inverse=True)
     keep = torch.zeros(int(first.max()) + 1, dtype=torch.long)
@@ -172,5 +182,6 @@ def retrieval_top1(codes: torch.Tensor, motion: torch.Tensor, animation: torch.T
     dist = torch.cdist(codes.double(), codes.double())  # (N, N)
     dist[char[:, None] == char[None, :]] = float("inf")  # only other characters
     nearest = dist.argmin(dim=1)
-    return (float((motion[nearest] == motion).double().mean()),
-            float((animation[nearest] == animation).double().mean()))
+    top1 = float((motion[nearest] == motion).double().mean())
+    top1_anim = float((animation[nearest] == animation).double().mean())
+    return (top1, top1_anim, len(codes)) if with_count else (top1, top1_anim)
