@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lit_papers.metrics.intervals import t_half_width
+
 ARMS = ("no_bn", "bn", "bn_x5", "bn_x30", "bn_x5_sigmoid", "no_bn_sigmoid")  # configs/batch_norm/<arm>.yaml
 REFERENCE = "no_bn"
 METRIC = "val/acc"
@@ -223,15 +225,6 @@ def table(results: list[ArmResult]) -> str:
 
 
 SPEEDUP = "speedup_vs_no_bn"  # the card's metric: reference steps / arm steps (the paper's "14x fewer steps")
-
-
-def t_half_width(values: list[float]) -> float | None:
-    """Half-width of the 95% Student-t interval of the mean of ``values`` (None for fewer than 2)."""
-    if len(values) < 2:
-        return None
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def _run_record(folder: Path, metric: str | None) -> dict:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from lit_papers.metrics.intervals import t_half_width
 from lit_papers.papers.random_labels.pictures import line_plot
 
 PAPER_DIR = Path(__file__).resolve().parent
@@ -45,17 +46,7 @@ SERIES = {
     "p80": (0.8, "p = 0.8"), "random_labels": (1.0, "random labels"), "shuffled_pixels": (None, "shuffled pixels"),
     "random_pixels": (None, "random pixels"), "gaussian": (None, "gaussian"),
 }
-T975 = {1: 12.706204736, 2: 4.302652729911275, 3: 3.182446305284263, 4: 2.776445105197799, 5: 2.570581835636314,
-        6: 2.446911848791681, 7: 2.364624251010299, 8: 2.306004135204166, 9: 2.262157162798205}
 
-
-def t_half_width(values: list[float]) -> float | None:
-    """95% half-width of the mean of ``values`` (Student t, n - 1 dof); None for fewer than 2 values."""
-    n = len(values)
-    if n < 2:
-        return None
-    t = T975.get(n - 1, 1.959963984540054)
-    return t * statistics.stdev(values) / math.sqrt(n)
 
 
 def spearman(x: list[float], y: list[float]) -> float:
