@@ -49,32 +49,26 @@ def _iou(box: np.ndarray, gts: np.ndarray, inclusive: bool) -> np.ndarray:
 def voc_class_ap(detections: Sequence[tuple], ground_truth: dict, *, iou_thresh: float = 0.5, metric: str = "area",
                  inclusive: bool = True) -> float:
     """``detections``: [(image_id, score, box xyxy)] of one class; ``ground_truth``: {image_id: (boxes (G, 4),
-    difficult (G,) bool)} of that class. Returns AP (0 when the class has no non-difficult object... NaN-free)."""
+    difficult (G,) bool)} of that class. Returns AP (0 when the class has no non-difficult object... NaN-free).
+
+    The devkit walks all detections in score order and matches each against its own image's boxes; a flag
+    depends on the detections of the same image only, so each image is matched on its own (:func:`_match`, the one
+    matching rule, shared with :func:`image_flags`) and the flags are then put in the global score order (stable:
+    ties keep the order of ``detections``)."""
     npos = int(sum((~np.asarray(d, bool)).sum() for _, d in ground_truth.values()))
-    order = sorted(range(len(detections)), key=lambda i: -detections[i][1])
-    used = {k: np.zeros(len(b), bool) for k, (b, _) in ground_truth.items()}
-    tp, fp = np.zeros(len(order)), np.zeros(len(order))
-    for rank, i in enumerate(order):
-        image_id, _, box = detections[i]
-        gts, difficult = ground_truth.get(image_id, (np.zeros((0, 4)), np.zeros(0, bool)))
-        gts, difficult = np.asarray(gts, np.float64).reshape(-1, 4), np.asarray(difficult, bool)
-        if len(gts) == 0:
-            fp[rank] = 1
-            continue
-        overlaps = _iou(np.asarray(box, np.float64), gts, inclusive)
-        j = int(np.argmax(overlaps))
-        if overlaps[j] >= iou_thresh:  # the devkit's >= (py-faster-rcnn's voc_eval.py uses >)
-            if difficult[j]:
-                continue  # ignored
-            if not used[image_id][j]:
-                tp[rank], used[image_id][j] = 1, True
-            else:
-                fp[rank] = 1
-        else:
-            fp[rank] = 1
+    tp, fp = np.zeros(len(detections)), np.zeros(len(detections))
+    by_image: dict = {}
+    for i, det in enumerate(detections):
+        by_image.setdefault(det[0], []).append(i)
+    for image_id, index in by_image.items():
+        order, t, f = _match([(detections[i][1], detections[i][2]) for i in index], ground_truth.get(image_id),
+                             iou_thresh, inclusive)
+        where = np.asarray(index)[order]
+        tp[where], fp[where] = t, f
     if npos == 0:
         return 0.0
-    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    order = sorted(range(len(detections)), key=lambda i: -detections[i][1])
+    tp, fp = np.cumsum(tp[order]), np.cumsum(fp[order])
     recall = tp / npos
     precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
     return voc_ap(recall, precision, metric)
@@ -90,13 +84,14 @@ def voc_map(detections: dict, ground_truth: dict, *, iou_thresh: float = 0.5, me
     return out
 
 
-def image_flags(dets: list[tuple[float, list[float]]], gt, iou_thresh: float = 0.5
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image and class: (scores, tp, fp) of its detections in the VOC devkit's greedy order (score
-    descending, stable), exactly as :func:`voc_class_ap` flags them (continuous
-    boxes); a detection matching a difficult object is neither. Flags depend on this image only."""
+def _match(dets: list[tuple[float, list[float]]], gt, iou_thresh: float, inclusive: bool
+           ) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """One image and class, the devkit's greedy matching: ``dets`` [(score, box)] in score order (descending,
+    stable), each a true positive when its best-overlapping box (IoU >= ``iou_thresh``; the devkit's
+    ``ovmax>=VOCopts.minoverlap``, py-faster-rcnn's voc_eval.py uses >) is not yet matched, ignored (neither flag)
+    when that box is difficult, else a false positive. Returns (order, tp, fp): the score order of ``dets`` and
+    the flags in that order."""
     order = sorted(range(len(dets)), key=lambda i: -dets[i][0])
-    scores = np.array([dets[i][0] for i in order], np.float64)
     tp, fp = np.zeros(len(order)), np.zeros(len(order))
     boxes, difficult = (np.zeros((0, 4)), np.zeros(0, bool)) if gt is None else gt
     boxes, difficult = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(difficult, bool)
@@ -105,23 +100,26 @@ def image_flags(dets: list[tuple[float, list[float]]], gt, iou_thresh: float = 0
         if len(boxes) == 0:
             fp[rank] = 1
             continue
-        b = np.asarray(dets[i][1], np.float64)
-        iw = np.clip(np.minimum(b[2], boxes[:, 2]) - np.maximum(b[0], boxes[:, 0]), 0, None)
-        ih = np.clip(np.minimum(b[3], boxes[:, 3]) - np.maximum(b[1], boxes[:, 1]), 0, None)
-        inter = iw * ih
-        iou = inter / ((b[2] - b[0]) * (b[3] - b[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-                       - inter)
-        j = int(np.argmax(iou))
-        if iou[j] >= iou_thresh:
+        overlaps = _iou(np.asarray(dets[i][1], np.float64), boxes, inclusive)
+        j = int(np.argmax(overlaps))
+        if overlaps[j] >= iou_thresh:
             if difficult[j]:
-                continue
+                continue  # ignored
             if not used[j]:
                 tp[rank], used[j] = 1, True
             else:
                 fp[rank] = 1
         else:
             fp[rank] = 1
-    return scores, tp, fp
+    return order, tp, fp
+
+
+def image_flags(dets: list[tuple[float, list[float]]], gt, iou_thresh: float = 0.5
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image and class: (scores, tp, fp) of its detections in score order (descending, stable), exactly as
+    :func:`voc_class_ap` flags them (continuous boxes); a detection matching a difficult object is neither."""
+    order, tp, fp = _match(dets, gt, iou_thresh, inclusive=False)
+    return np.array([dets[i][0] for i in order], np.float64), tp, fp
 
 
 def bootstrap_map(results: dict, ground_truth: dict, *, metric: str, reps: int, seed: int = 0) -> float:

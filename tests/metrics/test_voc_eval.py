@@ -141,3 +141,62 @@ def test_voc_evaluator_interval_at_test_only_and_from_enough_images():
     assert "voc07_mAP_ci95" not in _run_voc("test", 10)                      # below bootstrap_min_images (20)
     assert "voc07_mAP_ci95" in _run_voc("test", 10, bootstrap_min_images=5)
     assert "voc07_mAP_ci95" not in _run_voc("test", 30, bootstrap=0)
+
+
+def _devkit_walk(detections, ground_truth, iou_thresh=0.5, metric="area", inclusive=True):
+    """The devkit's loop as written (VOCevaldet.m): every detection of the class in global score order, matched
+    against its image's boxes; the slow oracle of the per-image matching."""
+    one = 1.0 if inclusive else 0.0
+    npos = sum(int((~np.asarray(d, bool)).sum()) for _, d in ground_truth.values())
+    order = sorted(range(len(detections)), key=lambda i: -detections[i][1])
+    used = {k: [False] * len(b) for k, (b, _) in ground_truth.items()}
+    tp, fp = [], []
+    for i in order:
+        image, _, b = detections[i]
+        boxes, difficult = ground_truth.get(image, ([], []))
+        best, j = -1.0, -1
+        for k, g in enumerate(boxes):
+            iw = min(b[2], g[2]) - max(b[0], g[0]) + one
+            ih = min(b[3], g[3]) - max(b[1], g[1]) + one
+            if iw > 0 and ih > 0:
+                inter = iw * ih
+                ov = inter / ((b[2] - b[0] + one) * (b[3] - b[1] + one) + (g[2] - g[0] + one) * (g[3] - g[1] + one)
+                              - inter)
+                if ov > best:
+                    best, j = ov, k
+        if best >= iou_thresh:
+            if difficult[j]:
+                continue
+            if not used[image][j]:
+                used[image][j] = True
+                tp.append(1.0), fp.append(0.0)
+            else:
+                tp.append(0.0), fp.append(1.0)
+        else:
+            tp.append(0.0), fp.append(1.0)
+    if npos == 0:
+        return 0.0
+    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    return voc_ap(tp / npos, tp / np.maximum(tp + fp, np.finfo(np.float64).eps), metric)
+
+
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_per_image_matching_equals_the_devkit_walk_with_ties_and_difficult(inclusive):
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        ground_truth, detections = {}, []
+        for image in range(6):
+            g = int(rng.integers(0, 4))
+            xy = rng.uniform(0, 60, size=(g, 2))
+            boxes = np.concatenate([xy, xy + rng.uniform(10, 40, size=(g, 2))], 1).round()
+            if g or rng.random() < 0.5:
+                ground_truth[image] = (boxes, rng.random(g) < 0.25)
+            for _ in range(int(rng.integers(0, 6))):
+                base = boxes[int(rng.integers(0, g))] if g and rng.random() < 0.7 else np.array([0, 0, 20, 20.0])
+                box = (base + rng.normal(0, 4, size=4)).round().tolist()
+                box[2], box[3] = max(box[2], box[0] + 1), max(box[3], box[1] + 1)
+                detections.append((image, float(rng.integers(0, 5)) / 4, box))  # few distinct scores: ties
+        for metric in ("area", "11point"):
+            ours = voc_class_ap(detections, ground_truth, metric=metric, inclusive=inclusive)
+            assert ours == pytest.approx(_devkit_walk(detections, ground_truth, metric=metric, inclusive=inclusive),
+                                         abs=1e-12), (trial, metric)
