@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics import Metric
 
 Z95 = 1.959963984540054
 
@@ -47,23 +46,3 @@ def binomial_ci95(correct: float, n: float) -> tuple[float, float]:
     p = correct / n
     return p, Z95 * math.sqrt(max(p * (1.0 - p), 0.0) / n)
 
-
-class MeanCI95(Metric):
-    """A running mean with its 95 % interval over independent items: ``update(values)`` adds per-item values (any
-    shape, flattened); ``compute()`` -> (mean, 1.96 * sample std / sqrt(n), n), each a float64 scalar tensor. The
-    state is :func:`episode_moments` (count, sum, sum of squares in float64), summed across ranks."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("moments", default=torch.zeros(3, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, values: torch.Tensor) -> None:
-        self.moments += episode_moments(values).to(self.moments.device)
-
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, half = moments_ci95(self.moments.cpu())
-        n = float(self.moments[0])
-        as_t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-        return as_t(mean), as_t(half), as_t(n)

@@ -149,21 +149,6 @@ def test_retrieval_top1_hand_computed():
     assert retrieval_top1(codes, motion, animation, char, with_count=True) == (top1, top1_anim, 4)  # 4 queries
 
 
-def test_mean_ci95_metric_against_a_float64_hand_case():
-    from lit_papers.metrics.fewshot import Z95, MeanCI95
-
-    metric = MeanCI95()
-    metric.update(torch.tensor([1.0, 2.0]))
-    metric.update(torch.tensor([[3.0], [4.0]]))  # any shape: items are elements
-    mean, half, n = metric.compute()
-    # mean 2.5, sample variance ((1.5^2 + 0.5^2) * 2) / 3 = 5/3, half-width 1.96 * sqrt(5/3 / 4)
-    assert float(mean) == 2.5 and float(n) == 4
-    assert float(half) == pytest.approx(Z95 * (5.0 / 3.0 / 4.0) ** 0.5, rel=1e-12)
-    metric.reset()
-    metric.update(torch.tensor([7.0]))
-    assert [float(v) for v in metric.compute()] == [7.0, 0.0, 1.0]  # one item: no spread
-
-
 def test_every_parameter_gets_a_gradient():
     net = full_net()
     module = MotionRetargetLitModule(model=net, optimizer=torch.optim.SGD, footvel_weight=0.1)

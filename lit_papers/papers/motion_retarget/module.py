@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lit_papers.metrics.fewshot import MeanCI95
+from lit_papers.metrics.intervals import MeanCI95
 from lit_papers.ops.motion2d import ROOT, postprocess_torch
 from lit_papers.papers.motion_retarget.model import RetargetNet, foot_velocity, triplet_loss
 from lit_papers.schedules import optimizer_config
