@@ -1,8 +1,8 @@
-"""95 % intervals shared by every paper: how a card's ``± x`` is computed where the unit is a handful of runs.
+"""95 % intervals shared by every paper (the README's table lists which family uses which).
 
-Per-item and per-episode means use the normal approximation (:mod:`lit_papers.metrics.fewshot`; as a
-torchmetrics metric over items, :class:`MeanCI95`); a mean over a few seeds or repeats uses Student's t with n - 1 degrees of freedom (:func:`t_half_width`), since 1.96 would
-understate it badly at n = 3 (t = 4.30).
+Per-item and per-episode means use the normal approximation, 1.96 x std / sqrt(n) (:mod:`lit_papers.metrics.fewshot`;
+as a torchmetrics metric over items, :class:`MeanCI95`); a mean over a few seeds or repeats uses Student's t with
+n - 1 degrees of freedom (:func:`t_half_width`), since 1.96 would understate it badly at n = 3 (t = 4.30).
 """
 
 from __future__ import annotations
