@@ -45,4 +45,3 @@ def binomial_ci95(correct: float, n: float) -> tuple[float, float]:
         raise ValueError("no queries were evaluated")
     p = correct / n
     return p, Z95 * math.sqrt(max(p * (1.0 - p), 0.0) / n)
-

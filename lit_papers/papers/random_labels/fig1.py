@@ -48,7 +48,6 @@ SERIES = {
 }
 
 
-
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman rank correlation (average ranks for ties) of two equally long lists."""
     def ranks(v):
