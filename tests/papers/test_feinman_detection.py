@@ -150,3 +150,16 @@ def test_detector_auc_reports_intervals_over_test_images():
     for key in ("auc", "auc_bu", "auc_kd"):
         assert 0.0 < out[f"{key}_ci95"] < 0.3
     assert "auc_ci95" not in detector_auc(feats, target, np.tile(train_image, 3), bootstrap=0)
+
+
+def test_auc_by_ranks_equals_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from lit_papers.papers.feinman_detection.detector import auc_by_ranks
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        y = rng.integers(0, 2, size=57)
+        y[:2] = [0, 1]
+        score = rng.integers(0, 6, size=57).astype(float)  # many ties
+        assert auc_by_ranks(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)

@@ -80,5 +80,18 @@ def bootstrap_auc_ci95(y: np.ndarray, score: np.ndarray, groups: np.ndarray, *, 
             raise ValueError("bootstrap_auc_ci95: almost every resample holds one class only; no interval")
         pick = np.concatenate([rows[g] for g in rng.integers(0, len(ids), size=len(ids))])
         if len(np.unique(y[pick])) == 2:
-            values.append(roc_auc_score(y[pick], score[pick]))
+            values.append(auc_by_ranks(y[pick], score[pick]))
     return float(1.96 * np.std(values, ddof=1))
+
+
+def auc_by_ranks(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic (ties get average ranks, i.e. count one half): the same number as
+    ``sklearn.metrics.roc_auc_score`` for binary ``y``, without its per-call validation, which made the 1000-resample
+    bootstrap cost minutes."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(y) == 1
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
