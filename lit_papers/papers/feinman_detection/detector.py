@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.neighbors import KernelDensity
@@ -87,9 +88,7 @@ def bootstrap_auc_ci95(y: np.ndarray, score: np.ndarray, groups: np.ndarray, *, 
 def auc_by_ranks(y: np.ndarray, score: np.ndarray) -> float:
     """ROC-AUC as the Mann-Whitney statistic (ties get average ranks, i.e. count one half): the same number as
     ``sklearn.metrics.roc_auc_score`` for binary ``y``, without its per-call validation, which made the 1000-resample
-    bootstrap cost minutes."""
-    from scipy.stats import rankdata
-
+    bootstrap cost minutes. ``y``: 0/1 or bool, 1 = positive."""
     positive = np.asarray(y) == 1
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
