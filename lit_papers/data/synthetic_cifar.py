@@ -92,7 +92,11 @@ def write_synthetic_cifar(folder: str | os.PathLike, *, per_batch: int = 2000, t
             pickle.dump(_batch(test_size, rng, "testing batch 1 of 1"), fh, protocol=2)
         with open(scratch / "batches.meta", "wb") as fh:
             pickle.dump({"label_names": list(CLASSES), "num_cases_per_batch": per_batch, "num_vis": 3072}, fh, protocol=2)
-        os.replace(scratch, folder)
+        try:
+            os.replace(scratch, folder)
+        except OSError:  # another process (a DDP rank, a parallel test worker) finished first: keep theirs
+            if not (folder / "batches.meta").is_file():
+                raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder
