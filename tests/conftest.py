@@ -29,11 +29,25 @@ if os.environ.get("LIT_PAPERS_DATA"):  # CI passes ../shared/data: absolute, so 
     os.environ["LIT_PAPERS_DATA"] = str(Path(os.environ["LIT_PAPERS_DATA"]).resolve())  # folders see the same root
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if not os.environ.get("_LIT_PAPERS_TEST_SHARED"):  # this session's folder shared by its xdist workers (they inherit
+    _shared = tempfile.mkdtemp(prefix="lit-papers-test-shared-")  # the controller's environment): the tiny fits
+    os.environ["_LIT_PAPERS_TEST_SHARED"] = _shared
+    atexit.register(shutil.rmtree, _shared, ignore_errors=True)
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("OMP_NUM_THREADS"):
+    # ``pytest -n N`` (the default, see pyproject.toml): N workers share the cores, one thread each, and so do
+    # the CLI subprocesses they start (inherited); the tests' numbers do not depend on the thread count
+    os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download (timm weights): fail fast instead of retrying
 if not os.environ.get("LIT_PAPERS_CACHE"):  # generated sets of this session: never the data root, never stale
     _cache = tempfile.mkdtemp(prefix="lit-papers-test-cache-")
     os.environ["LIT_PAPERS_CACHE"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject.toml): one worker per usable core, at most 4 (each worker starts CLI subprocesses
+    of ~1 GB; more workers than that only add memory pressure on a large machine)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
 def tree_listing(root: Path) -> dict[str, tuple[int, int]]:
@@ -104,3 +118,47 @@ def cli(tmp_path):
 
     _run.runs = runs
     return _run
+
+
+def shared_tiny_fit(paper: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``fit --config configs/<paper>/tiny.yaml --wandb false`` per test session, shared by every test (and
+    every xdist worker, through a file lock) that needs a trained tiny run: the generic tiny-config test, the
+    sweep-metric test and the papers' fit-then-test tests each used to train the same run again. The fit also
+    carries the gradient probe (``tests.helpers.probes.CheckAllGradients``, first backward -> ``grads.json``).
+
+    Returns (folder, the fit's process: stdout, stderr): ``folder/runs`` is the runs root (``runs/<paper>/tiny/v0``),
+    ``folder/grads.json`` the probe's output; ``folder`` lives in this session's temporary folder, never reused by
+    another session. Read-only for the tests: copy it (:func:`tiny_fit`) to write. A failed fit raises here and
+    is retried by the next test that asks (nothing half-done is reused)."""
+    import json
+
+    from filelock import FileLock
+
+    base = Path(os.environ["_LIT_PAPERS_TEST_SHARED"]) / "tiny-fits"
+    base.mkdir(parents=True, exist_ok=True)
+    folder, done = base / paper, base / paper / "fit.json"
+    with FileLock(str(base / f"{paper}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            proc = run_cli(["fit", "--config", f"configs/{paper}/tiny.yaml", "--wandb", "false",
+                            "--trainer.callbacks+=tests.helpers.probes.CheckAllGradients",
+                            f"--trainer.callbacks.out={folder / 'grads.json'}"], runs=folder / "runs")
+            done.write_text(json.dumps({"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr}))
+        record = json.loads(done.read_text())
+        return folder, subprocess.CompletedProcess(record["args"], 0, record["stdout"], record["stderr"])
+
+
+@pytest.fixture
+def tiny_fit():
+    """``tiny_fit(paper, into=runs)``: the session's shared tiny fit of ``paper`` (:func:`shared_tiny_fit`),
+    copied into ``runs`` (e.g. ``cli.runs``) when given, so that a test may test, resume or add to it; returns
+    the fit's process (stdout, stderr)."""
+
+    def _fit(paper: str, into: Path | None = None) -> subprocess.CompletedProcess:
+        folder, proc = shared_tiny_fit(paper)
+        if into is not None:
+            shutil.copytree(folder / "runs", into, dirs_exist_ok=True, symlinks=True)
+        return proc
+
+    return _fit

@@ -27,8 +27,8 @@ def test_config_parses(config):
     assert cfg.data.class_path.startswith("lit_papers.data.")
 
 
-def test_fast_rcnn_tiny_on_voc(cli):
-    proc = cli("fit", "--config", "configs/faster_rcnn/tiny.yaml", "--wandb", "false")
+def test_fast_rcnn_tiny_on_voc(cli, tiny_fit):
+    proc = tiny_fit("faster_rcnn", into=cli.runs)  # the session's shared fit (conftest.py)
     metrics = (cli.runs / "faster_rcnn" / "tiny" / "v0" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "val/voc07_mAP" in metrics and "val/voc_mAP" in metrics and "val/bbox_AP50" in metrics
     assert "COCO AP on 5 images" in proc.stdout + proc.stderr

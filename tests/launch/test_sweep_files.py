@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from lit_papers.launch import sweep
+from tests.conftest import shared_tiny_fit
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml")) + [REPO / "tests/launch/tiny_grid_sweep.yaml"]
@@ -55,8 +55,14 @@ def _get(tree: dict, dotted: str):
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES[:-1], ids=ids[:-1])  # the test grid's keys are a subset
-def test_parameters_parse_in_the_cli(path, tmp_path):
-    """W&B's first proposal, expanded as `wandb agent` would, resolves with every value at its key."""
+def test_parameters_parse_in_the_cli(path, tmp_path, monkeypatch, capsys):
+    """W&B's first proposal, expanded as `wandb agent` would, resolves with every value at its key. The command's
+    arguments run through the CLI's own entry point in this process (`--print_config` stops after parsing; a
+    subprocess per sweep file only added the interpreter's start-up); tests/launch/test_sweep_runner.py runs
+    trials as real subprocesses."""
+    from lit_papers.cli import main
+    from lit_papers.launch.run_dir import RUN_DIR_ENV
+
     sweeps = sweep.import_sweeps()
     config = sweep.load_sweep(path)
     random.seed(0)
@@ -66,24 +72,30 @@ def test_parameters_parse_in_the_cli(path, tmp_path):
     assert argv[:3] == [sys.executable, "-m", "lit_papers"] and argv[3] == "fit"
     assert [a for a in argv if a.startswith("--model") or a.startswith("--data") or a.startswith("--trainer")] == [
         f"--{k}={v}" for k, v in params.items()]
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO), "LIT_PAPERS_RUNS": str(tmp_path)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    resolved = yaml.safe_load(proc.stdout)
+    monkeypatch.setenv("LIT_PAPERS_RUNS", str(tmp_path))
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    monkeypatch.chdir(REPO)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv[3:])
+    out = capsys.readouterr()
+    assert exit_.value.code in (0, None), out.err[-3000:]
+    resolved = yaml.safe_load(out.out)
     for key, value in params.items():
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
         assert _get(resolved, key) == (pytest.approx(value) if numeric else value), key
 
 
 @pytest.mark.parametrize("paper", PAPERS)
-def test_sweep_metric_is_logged(paper, cli):
-    """Run the paper's tiny config and read the logged keys from the CSV log."""
+def test_sweep_metric_is_logged(paper):
+    """The paper's tiny config trained (the session's shared run, tests/conftest.py:shared_tiny_fit): the logged
+    keys, read from the CSV log."""
     path = REPO / "sweeps" / f"{paper}.yaml"
     if not path.is_file():
         pytest.fail(f"no sweep file for {paper}")
     metric = sweep.load_sweep(path)["metric"]["name"]
-    cli("fit", "--config", f"configs/{paper}/tiny.yaml", "--wandb", "false")
-    (metrics_csv,) = cli.runs.glob(f"{paper}/tiny/*/csv/metrics.csv")
+    folder, _ = shared_tiny_fit(paper)
+    (metrics_csv,) = (folder / "runs").glob(f"{paper}/tiny/*/csv/metrics.csv")
     with open(metrics_csv) as fh:
         rows = list(csv.DictReader(fh))
     assert any(row.get(metric) not in (None, "") for row in rows), f"{metric} never logged; logged: {list(rows[0])}"

@@ -144,8 +144,8 @@ def test_vgg_trunk_is_vgg_a_without_the_last_pool():
     assert out[-1].shape == (1, 8, 14, 14)
 
 
-def test_tiny_fit_and_test_through_the_cli(cli):
-    cli("fit", "--config", "configs/deepmask/tiny.yaml", "--wandb", "false")
+def test_tiny_fit_and_test_through_the_cli(cli, tiny_fit):
+    tiny_fit("deepmask", into=cli.runs)  # the session's shared fit (conftest.py)
     run = cli.runs / "deepmask" / "tiny" / "v0"
     assert (run / "proposals_val.png").is_file()
     proc = cli("test", "--config", "configs/deepmask/tiny.yaml", "--wandb", "false",

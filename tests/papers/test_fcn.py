@@ -148,8 +148,8 @@ def test_strips_show_image_truth_and_prediction_in_the_voc_palette():
     assert pic[0, 14].tolist() == [0, 128, 0]  # prediction panel: class 2
 
 
-def test_tiny_fit_and_test_through_the_cli(cli):
-    cli("fit", "--config", "configs/fcn/tiny.yaml", "--wandb", "false")
+def test_tiny_fit_and_test_through_the_cli(cli, tiny_fit):
+    tiny_fit("fcn", into=cli.runs)  # the session's shared fit (conftest.py)
     run = cli.runs / "fcn" / "tiny" / "v0"
     assert (run / "segmentation_val.png").is_file()
     proc = cli("test", "--config", "configs/fcn/tiny.yaml", "--wandb", "false",

@@ -48,8 +48,8 @@ def test_every_mann_parameter_gets_a_gradient(options):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_tiny_fit_and_test_on_the_real_data(cli):
-    cli("fit", "--config", "configs/mann/tiny.yaml", "--wandb", "false")
+def test_tiny_fit_and_test_on_the_real_data(cli, tiny_fit):
+    tiny_fit("mann", into=cli.runs)  # the session's shared fit (conftest.py)
     ckpt = cli.runs / "mann" / "tiny" / "v0" / "checkpoints" / "last.ckpt"
     proc = cli("test", "--config", "configs/mann/tiny.yaml", "--wandb", "false", "--ckpt_path", str(ckpt))
     for k in (1, 2, 3, 4):

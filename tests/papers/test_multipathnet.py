@@ -222,8 +222,8 @@ def test_ablation_arms_differ_from_multipathnet_only_in_the_three_switches():
         assert cfg == full, f"{name} differs from shapes.yaml beyond the three switches"
 
 
-def test_tiny_fit_and_test_through_the_cli(cli):
-    cli("fit", "--config", "configs/multipathnet/tiny.yaml", "--wandb", "false")
+def test_tiny_fit_and_test_through_the_cli(cli, tiny_fit):
+    tiny_fit("multipathnet", into=cli.runs)  # the session's shared fit (conftest.py)
     run = cli.runs / "multipathnet" / "tiny" / "v0"
     assert (run / "predictions_val.png").is_file()
     proc = cli("test", "--config", "configs/multipathnet/tiny.yaml", "--wandb", "false",

@@ -58,8 +58,8 @@ def _metrics(path) -> dict[str, float]:
     return {k: float(v) for row in rows for k, v in row.items() if v not in ("", None)}
 
 
-def test_tiny_fit_and_test_through_the_cli(cli):
-    cli("fit", "--config", "configs/rcnn/tiny.yaml", "--wandb", "false")
+def test_tiny_fit_and_test_through_the_cli(cli, tiny_fit):
+    tiny_fit("rcnn", into=cli.runs)  # the session's shared fit (conftest.py)
     run = cli.runs / "rcnn" / "tiny" / "v0"
     fitted = _metrics(run / "csv" / "metrics.csv")
     assert fitted["svm/images"] == 8 and fitted["svm/mined"] > 0 and fitted["val/voc07_mAP_n"] == 4

@@ -101,8 +101,8 @@ def test_deepmask_checkpoint_by_config_and_the_same_proposals(tmp_path):
     assert sets[""]["masks"].shape[1:] == (40, 56) and len(sets[""]["scores"]) > 0
 
 
-def test_tiny_fit_through_the_cli(cli):
-    proc = cli("fit", "--config", "configs/sharpmask/tiny.yaml", "--wandb", "false")
+def test_tiny_fit_through_the_cli(cli, tiny_fit):
+    proc = tiny_fit("sharpmask", into=cli.runs)  # the session's shared fit (conftest.py)
     run = cli.runs / "sharpmask" / "tiny" / "v0"
     assert (run / "proposals_val.png").is_file()
     metrics = (run / "csv" / "metrics.csv").read_text()

@@ -114,8 +114,8 @@ def test_config_mismatch_is_a_clear_error():
         SSD(scales=ssd_scales(5))
 
 
-def test_tiny_fit_and_test_through_the_cli(cli):
-    cli("fit", "--config", "configs/ssd/tiny.yaml", "--wandb", "false")
+def test_tiny_fit_and_test_through_the_cli(cli, tiny_fit):
+    tiny_fit("ssd", into=cli.runs)  # the session's shared fit (conftest.py)
     run = cli.runs / "ssd" / "tiny" / "v0"
     proc = cli("test", "--config", "configs/ssd/tiny.yaml", "--wandb", "false",
                "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
