@@ -224,7 +224,8 @@ def test_figure_1_rows_pictures_and_ratio_from_run_folders(tmp_path):
     half = 4.302652729911275 * np.std(per_seed, ddof=1) / np.sqrt(3)  # t(0.975, 2 dof)
     assert ratio["ci95"] == pytest.approx(half, rel=1e-6) and ratio["n"] == 3 and ratio["n_unit"] == "seeds"
     rho = by[("mlp_subset_random_labels", "fig1c/error_growth_spearman")]
-    assert rho["ours"] == pytest.approx(1.0)  # the error grows at every step of p
+    assert rho["ours"] == pytest.approx(1.0)  # the error grows at every step of p, in every seed
+    assert rho["ci95"] == pytest.approx(0.0) and rho["n"] == 3 and rho["n_unit"] == "seeds"
     test = by[("mlp_subset_true", "test/acc")]  # in the card's units (scale 100)
     assert test["ours"] == pytest.approx(41.0) and test["n"] == 500  # mean of 0.40, 0.41, 0.42
     gaussian = by[("mlp_subset_gaussian", "fit/train_acc")]
@@ -256,3 +257,22 @@ def test_commits_agreeing_on_the_number_files_are_one_experiment():
     assert fig1.same_numbers([head, head])
     assert not fig1.same_numbers([head, first])
     assert not fig1.same_numbers([head, head + "-dirty"]) and not fig1.same_numbers([head, "None"])
+
+
+def test_spearman_interval_is_over_seeds_and_each_seed_ranks_its_own_errors(tmp_path):
+    """Seed 1 swaps p = 0.4 and 0.6 (its own errors): rho = 1 - 6 * 2 / (6 * 35) = 0.942857 (n = 6 levels, one
+    adjacent swap), seeds 0 and 2 rank perfectly; the row is their mean +- t(0.975, 2) * sd / sqrt(3). A p level
+    missing in a seed drops that seed from the interval."""
+    accs = {"true": 0.40, "p20": 0.35, "p40": 0.30, "p60": 0.22, "p80": 0.15, "random_labels": 0.10}
+    for name, acc in accs.items():
+        for seed in range(3):
+            swapped = {"p40": 0.22, "p60": 0.30}.get(name, acc) if seed == 1 else acc
+            _run(tmp_path, f"mlp_subset_{name}", seed, fit_step=200, test_acc=swapped)
+    _run(tmp_path, "mlp_subset_true", 3, fit_step=200, test_acc=0.4)  # seed 3 has no other level: not counted
+    rows = fig1.main([str(tmp_path), "--out", str(tmp_path / "results")])
+    (rho,) = [r for r in rows if r["metric"] == "fig1c/error_growth_spearman"]
+    per_seed = [1.0, 1 - 6 * 2 / (6 * 35), 1.0]
+    assert rho["seed_values"] == [round(v, 4) for v in per_seed]
+    assert rho["ours"] == pytest.approx(np.mean(per_seed))
+    assert rho["ci95"] == pytest.approx(4.302652729911275 * np.std(per_seed, ddof=1) / np.sqrt(3), abs=1e-6)
+    assert rho["n"] == 3 and rho["n_unit"] == "seeds"

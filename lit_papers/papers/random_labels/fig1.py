@@ -13,7 +13,8 @@ one run, its seed ``seed_everything`` of its ``config.yaml``. Per variant, over 
 * ``fit/steps_ratio_vs_true`` (on the random-labels variant): steps(random labels) / steps(true labels) paired by
   seed, mean ± 95% t-interval over the seeds (Figure 1b's "small constant factor");
 * ``fig1c/error_growth_spearman`` (on the random-labels variant): the Spearman rank correlation between the label
-  corruption p and the mean test error (Figure 1c: the error grows steadily with p).
+  corruption p and the test error (Figure 1c: the error grows steadily with p); one per seed that ran every p, mean
+  ± 95% t-interval over those seeds (with fewer than two such seeds: of the mean errors, no interval).
 
 Values are in the card's units (its ``scale``). All runs must come from one commit, or from clean commits that agree
 on every file that decides the numbers (:data:`NUMBER_PATHS` and the series' configs), else an error naming them.
@@ -212,9 +213,26 @@ def rows_from_runs(runs: dict[str, list[dict]], prefix: str, scales: dict) -> li
     if len(growth) >= 3 and "random_labels" in runs:
         ps, errors = zip(*sorted(growth), strict=True)
         used = [r for name, rs in runs.items() if SERIES[name][0] is not None for r in rs]
-        add("random_labels", "fig1c/error_growth_spearman", spearman(list(ps), list(errors)), used=used,
-            seed_values=[round(e, 4) for e in errors],
-            note="Spearman rank correlation of p in " + ", ".join(f"{p:g}" for p in ps) + " and the mean test error")
+        levels = ", ".join(f"{p:g}" for p in ps)
+        # one Spearman per seed that ran every level of p (its own errors), mean +- t-interval over those seeds
+        by_seed: dict = {}
+        for name, rs in runs.items():
+            if SERIES[name][0] is None:
+                continue
+            for r in rs:
+                if r["values"].get("test/acc") is not None:
+                    by_seed.setdefault(r["seed"], {})[SERIES[name][0]] = 1.0 - r["values"]["test/acc"]
+        complete = sorted((seed for seed, errs in by_seed.items() if set(errs) == set(ps)), key=str)
+        if len(complete) >= 2:
+            rhos = [spearman(list(ps), [by_seed[seed][p] for p in ps]) for seed in complete]
+            add("random_labels", "fig1c/error_growth_spearman", statistics.fmean(rhos), ci95=t_half_width(rhos),
+                n=len(rhos), n_unit="seeds", used=used, seed_values=[round(v, 4) for v in rhos],
+                note=f"Spearman rank correlation of p in {levels} and the test error, one per seed "
+                     f"({', '.join(map(str, complete))}); mean +- 95% t-interval over the seeds")
+        else:
+            add("random_labels", "fig1c/error_growth_spearman", spearman(list(ps), list(errors)), used=used,
+                seed_values=[round(e, 4) for e in errors],
+                note=f"Spearman rank correlation of p in {levels} and the mean test error (one seed: no interval)")
     return out
 
 
