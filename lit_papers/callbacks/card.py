@@ -24,7 +24,8 @@ treated as a binomial accuracy (Wilson interval). A run whose data differ from i
 card row describes another run.
 
 The callback writes ``card_result.json`` (a list of rows with their evidence) into the run folder and puts the
-same numbers into the W&B run summary under ``card/<metric>/...``.
+same numbers into the W&B run summary under ``card/<metric>/...``; every tested run also gets ``evidence.json`` (the
+evidence alone), so a run whose variant has no card row still records its config, seed, commit and hardware.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ import yaml
 from lit_papers.callbacks.evidence import git_commit, hardware, versions
 
 RESULT_FILE = "card_result.json"
+EVIDENCE_FILE = "evidence.json"  # the evidence alone, written by every tested run (with or without card rows)
+
+
+def _write_json_atomically(target: Path, value: Any) -> None:
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, target)
 KINDS = {
     "paper": "the paper's method, data and protocol: passes when our 95% interval reaches the paper's number "
              "within its tolerance",
@@ -408,13 +416,9 @@ class ReproductionCard(L.Callback):
         out["data_overrides"] = data_overrides(resolved, variant, type(datamodule) if datamodule is not None else None)
         return out
 
-    def rows(self, trainer, pl_module) -> list[dict[str, Any]]:
-        path = Path(self.card_path) if self.card_path else card_path_for(pl_module)
-        if path is None:
-            return []
-        card = load_card(path)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        evidence = {
+    def evidence(self, trainer) -> dict[str, Any]:
+        """What made this run's numbers: config, seed, commit, hardware, versions, times, steps, data."""
+        return {
             "config": [str(p) for p in self.config_paths],
             "seed": self.seed,
             "git_commit": self.git_commit,
@@ -430,6 +434,14 @@ class ReproductionCard(L.Callback):
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             **self._data_evidence(trainer),
         }
+
+    def rows(self, trainer, pl_module, evidence: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        path = Path(self.card_path) if self.card_path else card_path_for(pl_module)
+        if path is None:
+            return []
+        card = load_card(path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        evidence = self.evidence(trainer) if evidence is None else evidence
         overridden = evidence.get("data_overrides") or []
         out = []
         for row in card.get("results", []):
@@ -457,15 +469,17 @@ class ReproductionCard(L.Callback):
             return
         if (Path(self.run_dir or trainer.default_root_dir) / "nonfinite_batch.json").exists():
             return print("[card] no result: this run stopped on a non-finite loss (nonfinite_batch.json)")
-        rows = self.rows(trainer, pl_module)
-        if not rows:
-            return
+        evidence = self.evidence(trainer)
+        rows = self.rows(trainer, pl_module, evidence)
         run_dir = Path(self.run_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        # every tested run keeps its evidence, also one whose variant has no card row (e.g. a point of a series
+        # that only an aggregate row uses, such as random_labels' p = 0.2 .. 0.8): evidence.json
+        _write_json_atomically(run_dir / EVIDENCE_FILE, evidence)
+        if not rows:
+            return
         target = run_dir / RESULT_FILE
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rows, indent=2))
-        os.replace(tmp, target)
+        _write_json_atomically(target, rows)
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             summary = getattr(experiment, "summary", None)

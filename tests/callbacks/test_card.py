@@ -130,3 +130,22 @@ def test_callback_writes_json_with_evidence(tmp_path):
     assert evidence["seed"] == 7 and evidence["config"] == ["configs/toy/toy.yaml"]
     assert {"torch", "lightning", "python"} <= set(evidence["versions"])
     assert evidence["hardware"]["cpu_count"] >= 1 and evidence["wall_time_s"] >= 0
+    alone = json.loads((tmp_path / "evidence.json").read_text())  # the same evidence, without the rows
+    assert {k: v for k, v in alone.items() if k not in ("date", "wall_time_s")} == {
+        k: v for k, v in evidence.items() if k not in ("date", "wall_time_s")}
+
+
+def test_a_variant_without_card_rows_still_records_its_evidence(tmp_path):
+    """A tested run whose variant has no card row (e.g. random_labels' p = 0.2 .. 0.8, which only the aggregated
+    Figure 1 rows use) writes evidence.json (commit, seed, config, hardware) and no card_result.json."""
+    card = tmp_path / "card.yaml"
+    card.write_text(yaml.safe_dump({"paper": "Toy", "results": [
+        {"variant": "other", "metric": "test/error", "value": 1.0, "source": "Table 2", "kind": "paper"}]}))
+    callback = ReproductionCard(run_dir=str(tmp_path), variant="toy_p20", config_paths=["configs/toy/toy_p20.yaml"],
+                                seed=3, card_path=str(card))
+    trainer = L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.test(_Constant(), DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1), verbose=False)
+    assert not (tmp_path / "card_result.json").exists()
+    evidence = json.loads((tmp_path / "evidence.json").read_text())
+    assert evidence["seed"] == 3 and evidence["config"] == ["configs/toy/toy_p20.yaml"]
+    assert evidence["git_commit"] == callback.git_commit and evidence["hardware"]["cpu_count"] >= 1

@@ -262,13 +262,18 @@ def test_commits_agreeing_on_the_number_files_are_one_experiment():
 def test_spearman_interval_is_over_seeds_and_each_seed_ranks_its_own_errors(tmp_path):
     """Seed 1 swaps p = 0.4 and 0.6 (its own errors): rho = 1 - 6 * 2 / (6 * 35) = 0.942857 (n = 6 levels, one
     adjacent swap), seeds 0 and 2 rank perfectly; the row is their mean +- t(0.975, 2) * sd / sqrt(3). A p level
-    missing in a seed drops that seed from the interval."""
+    missing in a seed drops that seed from the interval; runs with only evidence.json count with their commit."""
     accs = {"true": 0.40, "p20": 0.35, "p40": 0.30, "p60": 0.22, "p80": 0.15, "random_labels": 0.10}
     for name, acc in accs.items():
         for seed in range(3):
             swapped = {"p40": 0.22, "p60": 0.30}.get(name, acc) if seed == 1 else acc
             _run(tmp_path, f"mlp_subset_{name}", seed, fit_step=200, test_acc=swapped)
     _run(tmp_path, "mlp_subset_true", 3, fit_step=200, test_acc=0.4)  # seed 3 has no other level: not counted
+    for seed in range(3):  # p = 0.2 has no card row: its runs write evidence.json only (callbacks/card.py)
+        folder = tmp_path / "random_labels" / "mlp_subset_p20" / f"seed{seed}"
+        (row,) = json.loads((folder / "card_result.json").read_text())
+        (folder / "evidence.json").write_text(json.dumps(row["evidence"]))
+        (folder / "card_result.json").unlink()
     rows = fig1.main([str(tmp_path), "--out", str(tmp_path / "results")])
     (rho,) = [r for r in rows if r["metric"] == "fig1c/error_growth_spearman"]
     per_seed = [1.0, 1 - 6 * 2 / (6 * 35), 1.0]
@@ -276,3 +281,4 @@ def test_spearman_interval_is_over_seeds_and_each_seed_ranks_its_own_errors(tmp_
     assert rho["ours"] == pytest.approx(np.mean(per_seed))
     assert rho["ci95"] == pytest.approx(4.302652729911275 * np.std(per_seed, ddof=1) / np.sqrt(3), abs=1e-6)
     assert rho["n"] == 3 and rho["n_unit"] == "seeds"
+    assert rho["evidence"]["git_commit"] == "abc"  # one commit over all runs, the evidence.json ones included

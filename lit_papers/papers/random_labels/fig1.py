@@ -98,9 +98,10 @@ def read_run(folder: Path) -> dict:
                 v = _number(row, key, where)
                 if v is not None and key not in out["values"]:
                     out["values"][key] = v
-    card = folder / "card_result.json"
+    card, alone = folder / "card_result.json", folder / "evidence.json"
     rows = json.loads(card.read_text()) if card.is_file() else []
-    out["evidence"] = (rows[0].get("evidence") if rows else None) or {}
+    out["evidence"] = (rows[0].get("evidence") if rows else None) or (
+        json.loads(alone.read_text()) if alone.is_file() else {})  # a variant without card rows: evidence.json
     return out
 
 
