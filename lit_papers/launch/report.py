@@ -185,7 +185,10 @@ def evidence_text(r: dict, local_links: bool = False) -> str:
     if found.get("torch"):
         parts.append(" ".join(f"{k} {found[k]}" for k in ("torch", "lightning") if found.get(k)))
     commit = ev.get("git_commit")
-    if commit:
+    several = sorted({c for c in (ev.get("git_commits") or {}).values() if c})  # an aggregate over runs
+    if commit and len(several) > 1 and not commit.endswith("-dirty"):
+        parts.append("runs of " + ", ".join(f"`{c[:10]}`" for c in several) + " (the same code for the numbers)")
+    elif commit:
         parts.append(f"**⚠️ dirty tree** `{commit[:10]}`" if commit.endswith("-dirty") else f"`{commit[:10]}`")
     else:
         parts.append("no commit recorded")

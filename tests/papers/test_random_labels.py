@@ -282,3 +282,22 @@ def test_spearman_interval_is_over_seeds_and_each_seed_ranks_its_own_errors(tmp_
     assert rho["ci95"] == pytest.approx(4.302652729911275 * np.std(per_seed, ddof=1) / np.sqrt(3), abs=1e-6)
     assert rho["n"] == 3 and rho["n_unit"] == "seeds"
     assert rho["evidence"]["git_commit"] == "abc"  # one commit over all runs, the evidence.json ones included
+
+
+def test_mixed_commits_are_dirty_unless_verified_to_agree_on_the_numbers():
+    """Runs of two clean commits that collect_runs verified (same_numbers) are one experiment: the row keeps a clean
+    commit and the report lists both; unverified (--accept-unverified), a dirty or an unknown commit: flagged."""
+    from lit_papers.launch.report import evidence_text
+
+    def run(commit, agree):
+        return {"folder": f"/r/{commit}", "seed": 0, "values": {"fit/steps": 10}, "same_numbers": agree,
+                "evidence": {"git_commit": commit, "hardware": {"cpu_count": 2}, "versions": {"torch": "t"}}}
+
+    ok = fig1._evidence("mlp_subset_true", [run("a" * 40, True), run("b" * 40, True)])
+    assert ok["git_commit"] == "a" * 40
+    assert "runs of `aaaaaaaaaa`, `bbbbbbbbbb`" in evidence_text({"evidence": ok, "result_file": "f.json", "paper": "p"})
+    unverified = fig1._evidence("mlp_subset_true", [run("a" * 40, False), run("b" * 40, False)])
+    assert unverified["git_commit"].endswith("-dirty")
+    assert "dirty tree" in evidence_text({"evidence": unverified, "result_file": "f.json", "paper": "p"})
+    assert fig1._evidence("mlp_subset_true", [run("a" * 40, True), run(None, True)])["git_commit"].endswith("-dirty")
+    assert fig1._evidence("mlp_subset_true", [run("a" * 40 + "-dirty", True)])["git_commit"].endswith("-dirty")

@@ -117,7 +117,11 @@ def collect_runs(root: Path, prefix: str, accept_unverified: bool = False) -> di
         raise SystemExit(f"{base}: no runs of {prefix}_<{'|'.join(SERIES)}>/<version>/csv/metrics.csv found")
     commits = sorted({str(r["evidence"].get("git_commit")) for rs in runs.values() for r in rs})
     paths = (*NUMBER_PATHS, f"configs/random_labels/{prefix}_*.yaml")
-    if len(commits) > 1 and not same_numbers(commits, paths) and not accept_unverified:
+    agree = len(commits) == 1 or same_numbers(commits, paths)
+    for rs in runs.values():
+        for r in rs:
+            r["same_numbers"] = agree  # one commit, or clean commits that agree on every file deciding the numbers
+    if not agree and not accept_unverified:
         listing = "; ".join(f"{r['folder']}: {r['evidence'].get('git_commit')}" for rs in runs.values() for r in rs)
         raise SystemExit(f"runs of different commits ({listing}) whose code or configs differ in "
                          f"{', '.join(paths)} (or are not commits of this repository, or a dirty tree): re-run them "
@@ -157,7 +161,11 @@ def _evidence(variant: str, runs: list[dict]) -> dict:
     commits = {r["folder"]: r["evidence"].get("git_commit") for r in runs}
     clean = sorted({c for c in commits.values() if c and not c.endswith("-dirty")})
     base = clean[0] if clean else next((c for c in commits.values() if c), None)
-    if base and (len(set(commits.values())) > 1 or base.endswith("-dirty")):  # unknown, dirty or mixed: flag it
+    # unknown, dirty, or mixed commits not verified to agree on the numbers: flag it; mixed clean commits that
+    # agree (collect_runs: same_numbers) are one experiment, listed in git_commits
+    verified_mix = all(c and not c.endswith("-dirty") for c in commits.values()) and all(
+        r.get("same_numbers") for r in runs)
+    if base and ((len(set(commits.values())) > 1 and not verified_mix) or base.endswith("-dirty")):
         base = base.removesuffix("-dirty") + "-dirty"
     return {
         "config": [f"configs/random_labels/{variant}.yaml"],
