@@ -20,24 +20,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lit_papers.ops.checkpoint import CheckpointNotFound, find_checkpoint
+
 
 class VictimError(RuntimeError):
     """A victim checkpoint that cannot be used; the message names the file and the fix."""
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """``path`` as given if it exists, else relative to the runs root ``$LIT_PAPERS_RUNS`` (default ``runs``),
-    where ``lit-papers fit`` puts ``<experiment>/<variant>/<version>/checkpoints/last.ckpt``."""
-    given = Path(path)
-    if given.is_file():
-        return given
-    under_runs = Path(os.environ.get("LIT_PAPERS_RUNS", "runs")) / given
-    if not given.is_absolute() and under_runs.is_file():
-        return under_runs
-    tried = [str(given)] + ([] if given.is_absolute() else [str(under_runs)])
-    raise VictimError(f"victim checkpoint {path!r} not found (tried {', '.join(tried)}); train the victim with its "
-                      "config (e.g. lit-papers fit --config configs/resnet_cifar/victim_resnet20_jpeg_small.yaml) "
-                      "or set model.init_args.victim.init_args.checkpoint")
+    """The victim's checkpoint: ``path``, or ``path`` under ``$LIT_PAPERS_RUNS`` (:func:`find_checkpoint`)."""
+    try:
+        return find_checkpoint(path, what="victim", fix=(
+            "train the victim with its config (e.g. lit-papers fit --config "
+            "configs/resnet_cifar/victim_resnet20_jpeg_small.yaml) or set "
+            "model.init_args.victim.init_args.checkpoint"))
+    except CheckpointNotFound as exc:
+        raise VictimError(str(exc)) from None
 
 
 def find_normalization(checkpoint: dict) -> dict | None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from lit_papers.ops.checkpoint import load_weights
+from lit_papers.ops.checkpoint import find_checkpoint, load_weights
 
 
 def score_from_probs(probs: torch.Tensor, *, splits: int = 1) -> tuple[float, float]:
@@ -89,10 +88,9 @@ def load_classifier_checkpoint(classifier: nn.Module, checkpoint: str | os.PathL
     """Load a Lightning checkpoint's ``state_dict`` entries under ``prefix`` into ``classifier`` (strict) and wrap it
     with the normalisation statistics the checkpoint's datamodule saved (a ``normalization`` entry with ``mean`` and
     ``std``, as CIFARDataModule writes; identity when there is none). The result is frozen, in eval mode."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier checkpoint {path} does not exist (set the path of a trained CIFAR "
-                                f"classifier's .ckpt, or leave the classifier out)")
+    path = find_checkpoint(checkpoint, what="classifier", fix=(
+        "the checkpoint does not exist: set the path of a trained CIFAR classifier's .ckpt (as given, or under "
+        "$LIT_PAPERS_RUNS), or leave the classifier out"))
     ckpt = load_weights(classifier, path, prefix=prefix, plain_ok=True,
                         fix="configure the classifier the checkpoint was trained as")
     stats = next((v["normalization"] for v in ckpt.values() if isinstance(v, dict)

@@ -24,6 +24,25 @@ class CheckpointError(RuntimeError):
     plain data (a pickle that would run code), or not the weights of the configured network. Names the file."""
 
 
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """A checkpoint given by config that is neither a file nor a file under the runs root."""
+
+
+def find_checkpoint(path: str | os.PathLike, *, what: str, fix: str) -> Path:
+    """A checkpoint given by config: ``path`` as given if it is a file, else relative to the runs root
+    ``$LIT_PAPERS_RUNS`` (default ``runs``), where ``lit-papers fit`` puts
+    ``<experiment>/<variant>/<version>/checkpoints/last.ckpt`` (so configs name another paper's trained model
+    without an absolute path). Raises :class:`CheckpointNotFound` naming ``what``, the paths tried and ``fix``."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    under_runs = Path(os.environ.get("LIT_PAPERS_RUNS", "runs")) / given
+    if not given.is_absolute() and under_runs.is_file():
+        return under_runs
+    tried = [str(given)] + ([] if given.is_absolute() else [str(under_runs)])
+    raise CheckpointNotFound(f"{what} checkpoint {str(path)!r} not found (tried {', '.join(tried)}); {fix}")
+
+
 def read_checkpoint(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)``. ``mmap=True`` maps the tensors instead of reading
     them (cheap enough to check a multi-GB file before resuming from it). Raises :class:`CheckpointError`."""

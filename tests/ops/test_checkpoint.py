@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -66,3 +68,26 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, capsys):
 def test_weights_under_strips_only_the_prefix():
     state = {"state_dict": {"model.model.a": 1, "model.b": 2, "head.c": 3}}
     assert weights_under(state, "model.", path="x") == {"model.a": 1, "b": 2}
+
+
+def test_find_checkpoint_as_given_then_under_the_runs_root(tmp_path, monkeypatch):
+    from lit_papers.ops.checkpoint import CheckpointError, CheckpointNotFound, find_checkpoint
+
+    runs = tmp_path / "runs"
+    ckpt = runs / "resnet_cifar" / "resnet20_subset" / "v0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    monkeypatch.setenv("LIT_PAPERS_RUNS", str(runs))
+    monkeypatch.chdir(tmp_path)
+    relative = "resnet_cifar/resnet20_subset/v0/checkpoints/last.ckpt"
+    assert find_checkpoint(relative, what="classifier", fix="train it") == ckpt  # under $LIT_PAPERS_RUNS
+    assert find_checkpoint(ckpt, what="classifier", fix="train it") == ckpt  # as given
+    (tmp_path / relative).parent.mkdir(parents=True)
+    (tmp_path / relative).write_bytes(b"y")
+    assert find_checkpoint(relative, what="classifier", fix="train it") == Path(relative)  # as given wins
+    with pytest.raises(CheckpointNotFound, match=r"classifier checkpoint 'nope.ckpt' not found \(tried nope.ckpt, "
+                                                 r".*runs/nope.ckpt\); train it") as exc:
+        find_checkpoint("nope.ckpt", what="classifier", fix="train it")
+    assert isinstance(exc.value, FileNotFoundError) and isinstance(exc.value, CheckpointError)
+    with pytest.raises(CheckpointNotFound, match=r"tried /abs/nope.ckpt\);"):  # absolute: not looked up in runs
+        find_checkpoint("/abs/nope.ckpt", what="classifier", fix="x")

@@ -55,23 +55,16 @@ from lit_papers.detection.box_heads import FCHead, fc_head_from_classifier
 from lit_papers.detection.poolers import level_op
 from lit_papers.detection.roi_heads import RoIHeads
 from lit_papers.detection.two_stage import TwoStageDetector
-from lit_papers.ops.checkpoint import load_weights
+from lit_papers.ops.checkpoint import find_checkpoint, load_weights
 
 # -- proposals ---------------------------------------------------------------------------------------------------
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """``path`` if it is a file, else ``$LIT_PAPERS_RUNS/path`` (default runs root ``runs``)."""
-    given = Path(path)
-    if given.is_file():
-        return given
-    under = Path(os.environ.get("LIT_PAPERS_RUNS", "runs")) / given
-    if not given.is_absolute() and under.is_file():
-        return under
-    raise FileNotFoundError(f"proposal model checkpoint {str(path)!r} not found (tried {given}"
-                            + ("" if given.is_absolute() else f" and {under}") + "); train it first "
-                            "(e.g. lit-papers fit --config configs/deepmask/shapes.yaml) or set "
-                            "model.init_args.model.init_args.proposals.init_args.checkpoint")
+    """The proposal model's checkpoint: ``path``, or ``path`` under ``$LIT_PAPERS_RUNS`` (:func:`find_checkpoint`)."""
+    return find_checkpoint(path, what="proposal model", fix=(
+        "train it first (e.g. lit-papers fit --config configs/deepmask/shapes.yaml) or set "
+        "model.init_args.model.init_args.proposals.init_args.checkpoint"))
 
 
 def load_lit_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "model.") -> Path:
