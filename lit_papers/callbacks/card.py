@@ -51,6 +51,8 @@ def _write_json_atomically(target: Path, value: Any) -> None:
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, target)
+
+
 KINDS = {
     "paper": "the paper's method, data and protocol: passes when our 95% interval reaches the paper's number "
              "within its tolerance",
