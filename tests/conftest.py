@@ -35,7 +35,7 @@ if not os.environ.get("_LIT_PAPERS_TEST_SHARED"):  # this session's folder share
     atexit.register(shutil.rmtree, _shared, ignore_errors=True)
 if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("OMP_NUM_THREADS"):
     # ``pytest -n N`` (the default, see pyproject.toml): N workers share the cores, one thread each, and so do
-    # the CLI subprocesses they start (inherited); the tests' numbers do not depend on the thread count
+    # the CLI subprocesses they start (inherited); a test whose numbers depend on the thread count is a bug in it
     os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download (timm weights): fail fast instead of retrying
 if not os.environ.get("LIT_PAPERS_CACHE"):  # generated sets of this session: never the data root, never stale
