@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lit_papers.ops.checkpoint import CheckpointNotFound
 from lit_papers.papers.deepmask.model import DeepMask, VGGTrunk
 from lit_papers.papers.sharpmask.model import RefinementModule, SharpMask
 from lit_papers.papers.sharpmask.module import SharpMaskLitModule, refinement_loss
@@ -76,7 +77,7 @@ def test_refinement_loss_uses_positive_patches_only():
     assert refinement_loss(logits, masks, torch.zeros(3)) == 0
 
 
-def test_deepmask_checkpoint_by_config_and_the_same_proposals(tmp_path):
+def test_deepmask_checkpoint_by_config_and_the_same_proposals(tmp_path, monkeypatch):
     trained = _deepmask()
     with torch.no_grad():
         for p in trained.parameters():
@@ -87,6 +88,14 @@ def test_deepmask_checkpoint_by_config_and_the_same_proposals(tmp_path):
                    skip_channels=[4, 4, 4]).eval()
     for k, v in trained.state_dict().items():
         assert torch.equal(sm.deepmask.state_dict()[k], v)
+    # a path relative to the runs root, as the configs give it, and a missing one named with the fix
+    monkeypatch.setenv("LIT_PAPERS_RUNS", str(tmp_path))
+    under_runs = SharpMask(deepmask=_deepmask(), deepmask_checkpoint="deepmask.ckpt", mask_channels=[8, 8, 4, 2],
+                           skip_channels=[4, 4, 4])
+    assert all(torch.equal(under_runs.deepmask.state_dict()[k], v) for k, v in trained.state_dict().items())
+    with pytest.raises(CheckpointNotFound, match="configs/deepmask/shapes.yaml"):
+        SharpMask(deepmask=_deepmask(), deepmask_checkpoint="deepmask/shapes/v9/last.ckpt",
+                  mask_channels=[8, 8, 4, 2], skip_channels=[4, 4, 4])
     with pytest.raises(RuntimeError, match="does not hold the configured DeepMask"):
         SharpMask(deepmask=_deepmask(widths=(4, 6, 8, 16)), deepmask_checkpoint=str(path),
                   mask_channels=[8, 8, 4, 2], skip_channels=[4, 4, 4])

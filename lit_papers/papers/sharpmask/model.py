@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_papers.ops.checkpoint import load_weights
+from lit_papers.ops.checkpoint import find_checkpoint, load_weights
 
 
 class RefinementModule(nn.Module):
@@ -51,7 +51,11 @@ class RefinementModule(nn.Module):
 
 def load_deepmask(deepmask: nn.Module, path: str) -> None:
     """DeepMask weights from a Lightning checkpoint of its LitModule (``state_dict`` keys ``model.*``) or a plain
-    state dict; strict (a checkpoint of another architecture is an error naming the file)."""
+    state dict; strict (a checkpoint of another architecture is an error naming the file). ``path`` as given, or
+    under ``$LIT_PAPERS_RUNS`` (:func:`~lit_papers.ops.checkpoint.find_checkpoint`), as MultiPathNet's proposals."""
+    path = find_checkpoint(path, what="DeepMask (SharpMask's first stage)", fix=(
+        "train it first (lit-papers fit --config configs/deepmask/shapes.yaml) or set "
+        "model.init_args.model.init_args.deepmask_checkpoint"))
     load_weights(deepmask, path, prefix="model.", plain_ok=True,
                  fix="give sharpmask the DeepMask config (model.init_args.model.init_args.deepmask) it was trained with")
 
