@@ -271,6 +271,12 @@ def release_lock(run_dir: Path, *, finished: bool) -> None:
 
 
 def release_held_locks() -> None:
-    """Release every lock this process still holds (a run that failed before it started training)."""
+    """Release every lock this process still holds (a run that failed before it started training). A folder the
+    failed run left empty is removed, so that the next start takes the same version (``v0`` instead of an empty
+    ``v0`` and the run in ``v1``); a folder holding anything (a config, a log, a checkpoint) is kept."""
     for run_dir in list(_held):
         release_lock(run_dir, finished=False)
+        try:
+            Path(run_dir).rmdir()  # only succeeds on an empty folder
+        except OSError:
+            pass

@@ -50,6 +50,15 @@ def test_stale_lock_of_a_dead_process_is_taken_over(cli):
     assert (run / runs.FINISHED).exists() and not (run / runs.LOCK).exists()
 
 
+def test_a_run_that_fails_before_it_starts_leaves_no_empty_version_folder(cli):
+    # a wrong checkpoint path fails when the classes are built, after the run folder was chosen and locked
+    proc = cli("fit", "--config", "configs/sharpmask/tiny.yaml", "--wandb", "false",
+               "--model.init_args.model.init_args.deepmask_checkpoint", "no/such/last.ckpt", check=False)
+    assert proc.returncode != 0 and "no/such/last.ckpt" in proc.stderr
+    experiment = cli.runs / "sharpmask" / "tiny"
+    assert not experiment.exists() or not any(experiment.iterdir()), list(experiment.rglob("*"))
+
+
 def test_take_lock_in_process(tmp_path, monkeypatch):
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(var, raising=False)
