@@ -321,3 +321,38 @@ def test_mask_proposals_from_a_sharpmask_by_config():
         torch.testing.assert_close(source([image])[0], expected[name]["boxes"])
     with pytest.raises(KeyError, match="'coarse' is not among the model's sets"):
         MaskProposals(model=sharp, proposal_set="coarse", scales=[1.0])([image])
+
+
+def test_seed_summary_mean_and_t_interval_by_hand(tmp_path):
+    import csv as _csv
+    import json as _json
+
+    from lit_papers.papers.multipathnet.seeds import summarise
+
+    def run(version: str, seed: int, ap: float | None, finished: bool = True):
+        folder = tmp_path / "multipathnet" / "shapes_skip" / version
+        (folder / "csv").mkdir(parents=True)
+        (folder / "evidence.json").write_text(_json.dumps({"seed": seed, "git_commit": "abc", "global_step": 400}))
+        with (folder / "csv" / "metrics.csv").open("w", newline="") as f:
+            w = _csv.DictWriter(f, ["step", "train/loss", "test/bbox_AP"])
+            w.writeheader()
+            w.writerow({"step": 10, "train/loss": 1.0, "test/bbox_AP": ""})
+            if ap is not None:
+                w.writerow({"step": 400, "train/loss": "", "test/bbox_AP": ap})
+        if finished:
+            (folder / "FINISHED").write_text("")
+
+    run("v0", 0, 0.20)
+    run("seed1", 1, 0.23)
+    run("seed2", 2, 0.26)
+    run("seed3", 3, None)                 # trained but never tested: skipped, named
+    run("seed4", 4, 0.99, finished=False)  # unfinished: skipped
+    said = []
+    out = summarise(tmp_path, ("shapes_skip",), log=said.append)["shapes_skip"]
+    assert out["seeds"] == [0, 1, 2] and len(said) == 2 and "seed3" in said[0] + said[1]
+    # mean 23.0, sample std 3.0, t(0.975, 2) = 4.3027: half-width 4.3027 * 3 / sqrt(3) = 7.4524
+    assert out["test/bbox_AP"]["mean"] == pytest.approx(23.0)
+    assert out["test/bbox_AP"]["t_ci95"] == pytest.approx(4.302653 * 3.0 / 3 ** 0.5, rel=1e-5)
+    run("seed1b", 1, 0.5)                 # a second run of seed 1 would count it twice
+    with pytest.raises(ValueError, match="same seed"):
+        summarise(tmp_path, ("shapes_skip",), log=said.append)
